@@ -1,0 +1,145 @@
+"""Frozen, validated configuration for the model and its training.
+
+Defaults live here, so a default run needs no file. Construction validates every field and names
+the field, the value and what is allowed. Two presets:
+
+- ``default``: ReLU MLP (500 hidden), Adam 1e-3, batch 100, estimator B, L=1, early stopping.
+- ``paper``: Kingma & Welling (2013) Sec. 5: tanh, 500 hidden units, M=100, L=1, Adagrad with
+  step size 0.02, N(0, I) prior on theta (weight decay 1, the paper's approximate MAP) and
+  N(0, 0.01) initialisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from models.errors import ConfigError
+
+Likelihood = Literal["bernoulli", "gaussian", "continuous_bernoulli"]
+Activation = Literal["tanh", "relu", "softplus", "elu"]
+Init = Literal["glorot", "paper"]
+Estimator = Literal["A", "B", "iwae"]
+Optimizer = Literal["adam", "adagrad"]
+Preset = Literal["default", "paper"]
+
+
+def _check_choice(name: str, value: Any, allowed_type: Any) -> None:
+    allowed = get_args(allowed_type)
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+
+
+def _check_positive(name: str, value: float, *, integer: bool = False, allow_zero: bool = False) -> None:
+    if integer and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{name}={value!r} must be an integer")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} must be a number")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{name}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of q(z|x) and p(x|z). ``feature_shape`` comes from the dataset manifest."""
+
+    feature_shape: tuple[int, ...] = (64,)
+    latent_dim: int = 20
+    hidden_sizes: tuple[int, ...] = (500,)
+    activation: Activation = "relu"
+    likelihood: Likelihood = "bernoulli"
+    init: Init = "glorot"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "feature_shape", tuple(int(d) for d in self.feature_shape))
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        if not self.feature_shape or any(d <= 0 for d in self.feature_shape):
+            raise ConfigError(f"model.feature_shape={self.feature_shape!r} must be non-empty positive ints")
+        _check_positive("model.latent_dim", self.latent_dim, integer=True)
+        if any(h <= 0 for h in self.hidden_sizes):
+            raise ConfigError(f"model.hidden_sizes={self.hidden_sizes!r} must be positive ints")
+        _check_choice("model.activation", self.activation, Activation)
+        _check_choice("model.likelihood", self.likelihood, Likelihood)
+        _check_choice("model.init", self.init, Init)
+
+    @property
+    def input_dim(self) -> int:
+        d = 1
+        for s in self.feature_shape:
+            d *= s
+        return d
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """SGVB optimisation settings. ``num_samples`` is L (estimators A/B) or k (iwae)."""
+
+    epochs: int = 20
+    batch_size: int = 100
+    optimizer: Optimizer = "adam"
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    estimator: Estimator = "B"
+    num_samples: int = 1
+    patience: int = 5
+    seed: int = 0
+    jit_compile: bool = True
+
+    def __post_init__(self) -> None:
+        _check_positive("train.epochs", self.epochs, integer=True)
+        _check_positive("train.batch_size", self.batch_size, integer=True)
+        _check_choice("train.optimizer", self.optimizer, Optimizer)
+        _check_positive("train.learning_rate", self.learning_rate)
+        _check_positive("train.weight_decay", self.weight_decay, allow_zero=True)
+        _check_choice("train.estimator", self.estimator, Estimator)
+        _check_positive("train.num_samples", self.num_samples, integer=True)
+        _check_positive("train.patience", self.patience, integer=True, allow_zero=True)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"train.seed={self.seed!r} must be an integer")
+
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "default": {"model": {}, "train": {}},
+    "paper": {
+        "model": {"hidden_sizes": (500,), "activation": "tanh", "init": "paper"},
+        "train": {
+            "batch_size": 100,
+            "num_samples": 1,
+            "optimizer": "adagrad",
+            "learning_rate": 0.02,
+            "weight_decay": 1.0,
+            "estimator": "B",
+        },
+    },
+}
+
+
+def preset_overrides(preset: str) -> dict[str, dict[str, Any]]:
+    """The field overrides a preset applies on top of the dataclass defaults."""
+    if preset not in PRESETS:
+        raise ConfigError(f"preset={preset!r} is not allowed; choose one of {', '.join(map(repr, PRESETS))}")
+    return PRESETS[preset]
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown model config keys {unknown}; valid keys: {sorted(names)}")
+    return ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+__all__ = [
+    "ModelConfig",
+    "TrainConfig",
+    "PRESETS",
+    "preset_overrides",
+    "to_dict",
+    "model_config_from_dict",
+]
