@@ -1,0 +1,256 @@
+"""Full variational Bayes over the decoder parameters theta (the paper's App. F).
+
+Instead of a point (MAP) estimate, theta gets a factorized Gaussian posterior and the prior
+p(theta) = N(0, s^2 I) (s = 1: the prior behind the paper's weight decay):
+
+    q_psi(theta) = prod_j N(theta_j; mu_j, sigma_j^2),   sigma_j = softplus(rho_j)
+    theta        = mu + sigma * zeta,  zeta ~ N(0, I)          (reparameterised, one draw per minibatch)
+
+The bound on log p(X) is E_q(theta)[sum_i L(theta, phi; x_i)] - KL(q(theta) || p(theta)); per
+datapoint (the scale used by `models.training`) the minibatch estimator is
+
+    1/M sum_i L~(theta, phi; x_i)  -  KL(q(theta) || p(theta)) / N
+
+with L~ the SGVB estimator B (analytic KL for z) and the Gaussian KL for theta in closed form. The
+recognition model q_phi(z|x) stays a point estimate, as in App. F. `FullVBVAE.vae` holds the
+encoder and the decoder whose variables *are* the means mu, so the plug-in model at the posterior
+mean is an ordinary `VAE` (saveable, exportable).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from models import constants as C
+from models.config import ModelConfig, TrainConfig
+from models.errors import ConfigError, TrainingDivergedError
+from models.objectives import elbo
+from models.optim import make_optimizer
+from models.training import EpochCallback, TrainResult
+from models.vae import _ACTIVATIONS, LOG_VAR_MAX, LOG_VAR_MIN, VAE, _soft_clip
+
+tfd = tfp.distributions
+
+
+def _likelihood_from_outputs(kind: str, out: tf.Tensor) -> tfd.Distribution:
+    """The decoder head of `VAE.likelihood`, for decoder outputs computed with sampled weights."""
+    if kind == "bernoulli":
+        base = tfd.Bernoulli(logits=out, dtype=tf.float32)
+    elif kind == "continuous_bernoulli":
+        base = tfd.ContinuousBernoulli(logits=out)
+    else:
+        mean_logits, raw_log_var = tf.split(out, 2, axis=-1)
+        log_var = _soft_clip(raw_log_var, LOG_VAR_MIN, LOG_VAR_MAX)
+        base = tfd.Normal(loc=tf.sigmoid(mean_logits), scale=tf.exp(0.5 * log_var))
+    return tfd.Independent(base, reinterpreted_batch_ndims=1)
+
+
+class DecoderSample:
+    """A VAE-shaped view with fixed decoder weights theta: works with `objectives`, `marginal`."""
+
+    def __init__(self, vae: VAE, weights: list[tuple[tf.Tensor, tf.Tensor]]):
+        self.vae, self.weights, self.config = vae, weights, vae.config
+        self.posterior, self.posterior_params, self.prior = (
+            vae.posterior,
+            vae.posterior_params,
+            vae.prior,
+        )
+
+    def likelihood(self, z: tf.Tensor) -> tfd.Distribution:
+        act = _ACTIVATIONS[self.config.activation]
+        h = z
+        for i, (w, b) in enumerate(self.weights):
+            h = tf.matmul(h, w) + b
+            if i < len(self.weights) - 1:
+                h = act(h)
+        return _likelihood_from_outputs(self.config.likelihood, h)
+
+    def decode_mean(self, z: tf.Tensor) -> tf.Tensor:
+        return self.likelihood(z).mean()
+
+
+class FullVBVAE(tf.Module):
+    """q_phi(z|x) (point estimate) and q_psi(theta) (factorized Gaussian over decoder weights)."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        seed: int = 0,
+        initial_std: float = 1e-3,
+        prior_std: float = 1.0,
+        name: str = "full_vb_vae",
+    ):
+        super().__init__(name=name)
+        if not initial_std > 0 or not prior_std > 0:
+            raise ConfigError(
+                f"full_vb initial_std={initial_std!r} and prior_std={prior_std!r} must be > 0"
+            )
+        self.config, self.prior_std = config, float(prior_std)
+        self.vae = VAE(config, seed=seed)
+        rho0 = math.log(math.expm1(initial_std))  # softplus^{-1}
+        self.rho = [
+            (
+                tf.Variable(tf.fill(layer.w.shape, rho0), name=f"rho_w_{i}"),
+                tf.Variable(tf.fill(layer.b.shape, rho0), name=f"rho_b_{i}"),
+            )
+            for i, layer in enumerate(self.vae.decoder.layers)
+        ]
+
+    def _pairs(
+        self,
+    ) -> list[tuple[tuple[tf.Variable, tf.Variable], tuple[tf.Variable, tf.Variable]]]:
+        return [
+            ((layer.w, layer.b), rho)
+            for layer, rho in zip(self.vae.decoder.layers, self.rho, strict=True)
+        ]
+
+    def parameter_std(self) -> list[tf.Tensor]:
+        """sigma for every decoder weight and bias, in the order (w_0, b_0, w_1, b_1, ...)."""
+        return [tf.math.softplus(r) for rho in self.rho for r in rho]
+
+    def sample_decoder(self, seed: tf.Tensor) -> DecoderSample:
+        """theta = mu + sigma * zeta (differentiable in mu and rho); seed is a [2] int tensor."""
+        weights = []
+        for i, (mean, rho) in enumerate(self._pairs()):
+            pair = []
+            for j, (m, r) in enumerate(zip(mean, rho, strict=True)):
+                zeta = tf.random.stateless_normal(
+                    m.shape, seed=tf.random.experimental.stateless_fold_in(seed, 2 * i + j)
+                )
+                pair.append(m + tf.math.softplus(r) * zeta)
+            weights.append((pair[0], pair[1]))
+        return DecoderSample(self.vae, weights)
+
+    def mean_decoder(self) -> VAE:
+        """The plug-in model at the posterior mean of theta."""
+        return self.vae
+
+    def kl_theta(self) -> tf.Tensor:
+        """KL(q(theta) || N(0, prior_std^2 I)), closed form, summed over all decoder parameters."""
+        s2 = self.prior_std**2
+        total = tf.constant(0.0)
+        for mean, rho in self._pairs():
+            for m, r in zip(mean, rho, strict=True):
+                sd = tf.math.softplus(r)
+                total += tf.reduce_sum(
+                    0.5 * (tf.square(sd) + tf.square(m)) / s2
+                    - 0.5
+                    - tf.math.log(sd)
+                    + 0.5 * math.log(s2)
+                )
+        return total
+
+    def objective(
+        self, x: tf.Tensor, seed: tf.Tensor, num_train: int, num_samples: int = 1
+    ) -> dict:
+        """Per-datapoint minibatch bound (scalar) and its parts; theta drawn once per call."""
+        seed_theta, seed_z = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        bound = elbo(self.sample_decoder(seed_theta), x, seed_z, "B", num_samples)
+        kl_theta = self.kl_theta()
+        data_term = tf.reduce_mean(bound.elbo)
+        return {
+            "bound": data_term - kl_theta / float(num_train),
+            "data_elbo": data_term,
+            "kl": tf.reduce_mean(bound.kl),
+            "reconstruction": tf.reduce_mean(bound.reconstruction),
+            "kl_theta": kl_theta,
+        }
+
+
+def fit_full_vb(
+    model: FullVBVAE,
+    make_train_data: Callable[[int], tf.data.Dataset],
+    valid_data: tf.data.Dataset | None,
+    num_train: int,
+    config: TrainConfig,
+    on_epoch_end: EpochCallback | None = None,
+) -> TrainResult:
+    """Train q(theta) and q(z|x) in place, like `models.training.fit` (same data contract).
+
+    ``config.weight_decay`` applies to the encoder only (theta's prior lives in the KL term).
+    Validation and early stopping use the plug-in ELBO (estimator B) at the posterior mean of
+    theta; the best parameters are restored at the end. Metrics per epoch: train_elbo (the full
+    per-datapoint bound including -KL(theta)/N), train_kl_theta, valid_elbo, examples_per_second.
+    """
+    enc_vars = list(model.vae.encoder.trainable_variables)
+    variables = list(model.trainable_variables)
+    optimizer = make_optimizer(config.optimizer, variables, config.learning_rate)
+
+    def step_impl(x, seed):
+        with tf.GradientTape() as tape:
+            out = model.objective(x, seed, num_train, config.num_samples)
+            loss = -out["bound"]
+            if config.weight_decay > 0:
+                sq = tf.add_n([tf.reduce_sum(tf.square(v)) for v in enc_vars])
+                loss += 0.5 * config.weight_decay * sq / float(num_train)
+        grads = tape.gradient(loss, variables)
+        optimizer.apply(grads, variables)
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+        return out["bound"], out["kl_theta"], tf.logical_and(finite, tf.math.is_finite(loss))
+
+    step_fn = tf.function(step_impl, jit_compile=config.jit_compile)
+    eval_fn = tf.function(
+        lambda x, s: tf.reduce_sum(elbo(model.vae, x, s, "B", 1).elbo),
+        jit_compile=config.jit_compile,
+    )
+    best, best_epoch, bad, step = -math.inf, 0, 0, 0
+    best_weights = [tf.Variable(v, trainable=False) for v in variables]
+    history: list[dict[str, float]] = []
+    stopped_early = False
+    for epoch in range(1, config.epochs + 1):
+        if config.patience and bad >= config.patience:
+            stopped_early = True
+            break
+        total, n, kl_theta, start = 0.0, 0, 0.0, time.perf_counter()
+        for x in make_train_data(epoch):
+            bound, kl_theta, finite = step_fn(x, tf.constant([config.seed, step], tf.int32))
+            if not bool(finite):
+                raise TrainingDivergedError(
+                    f"full-VB training diverged: NaN/Inf at epoch {epoch}, global step {step}; lower "
+                    "train.learning_rate or check the input scaling",
+                    epoch=epoch,
+                    step=step,
+                )
+            step += 1
+            total += float(bound) * int(x.shape[0])
+            n += int(x.shape[0])
+        metrics = {
+            C.TRAIN_ELBO: total / max(n, 1),
+            "train_kl_theta": float(kl_theta),
+            C.EXAMPLES_PER_SECOND: n / max(time.perf_counter() - start, 1e-9),
+        }
+        if valid_data is not None:
+            v_sum, v_n = 0.0, 0
+            for i, x in enumerate(valid_data):
+                v_sum += float(eval_fn(x, tf.constant([config.seed + 7919, i], tf.int32)))
+                v_n += int(x.shape[0])
+            metrics[C.VALID_ELBO] = v_sum / max(v_n, 1)
+        score = metrics.get(C.VALID_ELBO, metrics[C.TRAIN_ELBO])
+        if score > best:
+            best, best_epoch, bad = score, epoch, 0
+            for b, v in zip(best_weights, variables, strict=True):
+                b.assign(v)
+        else:
+            bad += 1
+        metrics["epoch"] = float(epoch)
+        history.append(metrics)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+    for v, b in zip(variables, best_weights, strict=True):
+        v.assign(b)
+    return TrainResult(
+        epochs_completed=len(history),
+        best_epoch=best_epoch,
+        best_valid_elbo=best,
+        stopped_early=stopped_early,
+        resumed_from_epoch=0,
+        history=history,
+    )
+
+
+__all__ = ["DecoderSample", "FullVBVAE", "fit_full_vb"]
