@@ -119,8 +119,11 @@ class FullVBVAE(tf.Module):
         for i, (mean, rho) in enumerate(self._pairs()):
             pair = []
             for j, (m, r) in enumerate(zip(mean, rho, strict=True)):
+                # Explicit Philox: the default stateless algorithm is ~30x slower under XLA on CPU.
                 zeta = tf.random.stateless_normal(
-                    m.shape, seed=tf.random.experimental.stateless_fold_in(seed, 2 * i + j)
+                    m.shape,
+                    seed=tf.random.experimental.stateless_fold_in(seed, 2 * i + j),
+                    alg="philox",
                 )
                 pair.append(m + tf.math.softplus(r) * zeta)
             weights.append((pair[0], pair[1]))

@@ -65,8 +65,8 @@ class MCEMTrainer:
 
     ``train_step(x, index, seed)``: x [M, D] float32, index [M] int (row numbers in the training
     set, 0 <= index < num_train, selecting each point's chain), seed [2] int. Returns scalar
-    tensors ``log_joint`` (mean log p(x, z) after the M step), ``accept`` (mean acceptance
-    probability of the last HMC transition), ``step_size`` and ``finite``.
+    tensors ``log_joint`` (mean log p(x, z) at the last M-step update), ``accept`` (mean
+    acceptance probability of the last HMC transition) and ``step_size``.
     """
 
     def __init__(
@@ -82,9 +82,8 @@ class MCEMTrainer:
             math.log(self.hmc.initial_step_size), trainable=False, name="log_step_size"
         )
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        # tfp.mcmc's kernels are not all XLA-friendly; graph mode is enough here.
-        self._sample = tf.function(self._sample_impl)
-        self._update = tf.function(self._update_impl, jit_compile=config.jit_compile)
+        self._sample = tf.function(self._sample_impl, jit_compile=config.jit_compile)
+        self._round = tf.function(self._round_impl, jit_compile=config.jit_compile)
 
     def log_joint(self, x: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
         """log p_theta(x|z) + log p(z), shape [M] for x [M, D], z [M, k]."""
@@ -122,6 +121,14 @@ class MCEMTrainer:
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
         return log_joint, tf.logical_and(finite, tf.math.is_finite(loss))
 
+    def _round_impl(self, x: tf.Tensor, index: tf.Tensor, seed: tf.Tensor):
+        z, accept = self._sample_impl(x, index, seed)
+        log_joint, finite = tf.reduce_mean(self.log_joint(x, z)), tf.math.is_finite(accept)
+        for _ in range(self.hmc.updates_per_sample):
+            log_joint, finite_u = self._update_impl(x, z)
+            finite = tf.logical_and(finite, finite_u)
+        return log_joint, accept, finite
+
     def sample_posterior(
         self, x: tf.Tensor, index: tf.Tensor, seed: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -130,13 +137,8 @@ class MCEMTrainer:
 
     def train_step(self, x: tf.Tensor, index: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
         """One sampling round then ``updates_per_sample`` weight updates; NaN/Inf raises."""
-        z, accept = self.sample_posterior(x, index, seed)
-        log_joint, finite = tf.reduce_mean(self.log_joint(x, z)), tf.constant(True)
-        for _ in range(self.hmc.updates_per_sample):
-            log_joint, finite = self._update(x, z)
-            if not bool(finite):
-                break
-        if not bool(finite) or not math.isfinite(float(accept)):
+        log_joint, accept, finite = self._round(x, tf.convert_to_tensor(index, tf.int32), seed)
+        if not bool(finite):
             raise TrainingDivergedError(
                 f"MCEM diverged: NaN/Inf at step {int(self.step.numpy())}; lower train.learning_rate "
                 "or mcem.initial_step_size",
@@ -144,12 +146,7 @@ class MCEMTrainer:
                 step=int(self.step.numpy()),
             )
         self.step.assign_add(1)
-        return {
-            "log_joint": log_joint,
-            "accept": accept,
-            "step_size": tf.exp(self.log_step_size),
-            "finite": finite,
-        }
+        return {"log_joint": log_joint, "accept": accept, "step_size": tf.exp(self.log_step_size)}
 
 
 __all__ = ["HMCSettings", "MCEMTrainer"]
