@@ -149,6 +149,14 @@ class EvaluationResult:
         return int(self.log_marginal.shape[0])
 
     @property
+    def log_marginal_stderr(self) -> np.ndarray:
+        """Per-point delta-method standard error of the IS estimate, sqrt(1/ESS - 1/K), [N].
+
+        Itself estimated from the K weights, so it is optimistic when q misses posterior mass.
+        """
+        return np.sqrt(np.maximum(1.0 / self.ess - 1.0 / self.num_samples, 0.0))
+
+    @property
     def active_units(self) -> int:
         return metrics.active_units(self.latent_mean_variance)
 
