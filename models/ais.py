@@ -116,8 +116,7 @@ def ais_log_marginal(
             f"AIS num_chains={num_chains} and num_leapfrog_steps={num_leapfrog_steps} must be >= 1"
         )
     betas = tf.constant(annealing_schedule(num_steps, schedule), model.prior().dtype)
-    run = tf.function(_ais_loop, jit_compile=jit_compile)
-    return run(
+    return _COMPILED[jit_compile](
         model,
         tf.convert_to_tensor(x, betas.dtype),
         tf.convert_to_tensor(seed),
@@ -169,6 +168,11 @@ def _ais_loop(
     log_marginal = tf.reduce_logsumexp(log_w, axis=0) - math.log(num_chains)
     return AISResult(log_marginal, log_w, accept_sum / tf.cast(num_steps, dtype), eps[0, :, 0])
 
+
+# One compiled function per mode, reused across calls (a new model or shape retraces).
+_COMPILED = {
+    jit: tf.function(_ais_loop, jit_compile=jit, reduce_retracing=True) for jit in (False, True)
+}
 
 __all__ = [
     "AISResult",

@@ -53,8 +53,7 @@ def sample_posterior(
     Chains start at q(z|x) samples when the model has a recognition model, else at the prior; the
     step size is adapted per data point during burn-in only, so the kept draws are a valid chain.
     """
-    run = tf.function(_sample_loop)
-    return run(
+    return _sample_loop_compiled(
         model,
         tf.convert_to_tensor(x, model.prior().dtype),
         tf.convert_to_tensor(seed),
@@ -114,6 +113,9 @@ def _sample_loop(
         lambda t, *_: t < num_results, draw, (tf.constant(0), z, draws, tf.zeros([batch], dtype))
     )
     return draws.stack(), accept_sum / float(num_results), eps[0, :, 0]
+
+
+_sample_loop_compiled = tf.function(_sample_loop, reduce_retracing=True)
 
 
 def fit_gaussian(samples: tf.Tensor, ridge: float = 1e-6) -> tfd.Distribution:
