@@ -1,0 +1,267 @@
+"""Data-parallel AEVB training with `tf.distribute` (several local devices, or several machines).
+
+With R replicas each holding a shard x^(r) of a global minibatch of M points, replica r computes the
+gradient of its summed negative bound; the strategy all-reduces (sums) these over every replica of
+every worker and the sum is divided by M:
+
+    g = 1/M sum_r sum_{i in shard r} grad_theta,phi [ -L~(theta, phi; x_i) ]
+
+which is the single-process minibatch gradient of `models.training` (same estimator, same M). Every
+worker then applies that same g with its own copy of the optimiser to its own copy of the weights,
+starting from the same seeded initialisation, so the copies stay identical without broadcasting
+weights. Each replica draws its noise from the stateless seed [train.seed, step] folded with its
+replica id, so shards get independent noise and a rerun takes the same steps.
+
+Strategies (`make_strategy`):
+- ``multi_worker``: `MultiWorkerMirroredStrategy` from the `TF_CONFIG` environment variable
+  (``{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}}``),
+  ring all-reduce over gRPC. Create it before any other TF op of the process.
+- ``mirrored``: `MirroredStrategy` over several local devices (GPUs, or logical CPUs).
+- ``default``: no distribution (the plain trainer's behaviour).
+- ``auto``: ``multi_worker`` when `TF_CONFIG` names more than one worker, ``mirrored`` when more
+  than one GPU is visible, else ``default``.
+
+Only the chief (worker 0) should track metrics and save the model; every worker must run the same
+number of steps, so all of them iterate the same data pipeline (sharded by the strategy).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import tensorflow as tf
+
+from models import constants as C
+from models.config import TrainConfig
+from models.errors import ConfigError, TrainingDivergedError
+from models.objectives import elbo
+from models.training import EpochCallback, Trainer, TrainResult
+
+StrategyKind = Literal["auto", "default", "mirrored", "multi_worker"]
+STRATEGY_KINDS: tuple[str, ...] = ("auto", "default", "mirrored", "multi_worker")
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """This process's place in the cluster described by `TF_CONFIG` (one worker when unset)."""
+
+    num_workers: int
+    task_type: str
+    task_index: int
+
+    @property
+    def is_chief(self) -> bool:
+        return self.task_type == "chief" or (self.task_type == "worker" and self.task_index == 0)
+
+
+def cluster_info(env: Mapping[str, str] | None = None) -> ClusterInfo:
+    """Parse `TF_CONFIG`; raise ConfigError naming the variable when it is malformed."""
+    raw = (os.environ if env is None else env).get("TF_CONFIG", "").strip()
+    if not raw:
+        return ClusterInfo(1, "worker", 0)
+    try:
+        doc = json.loads(raw)
+        cluster = doc.get("cluster", {})
+        workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+        task = doc.get("task", {})
+        task_type, task_index = str(task["type"]), int(task["index"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(
+            f"TF_CONFIG={raw[:200]!r} is not valid: expected JSON like "
+            '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
+            '"task": {"type": "worker", "index": 0}}'
+        ) from exc
+    if workers < 1 or task_type not in ("worker", "chief"):
+        raise ConfigError(
+            f"TF_CONFIG: need cluster.worker addresses and task.type 'worker' or 'chief'; "
+            f"found {workers} worker(s) and task.type={task_type!r}"
+        )
+    return ClusterInfo(workers, task_type, task_index)
+
+
+def make_strategy(kind: str = "auto", devices: list[str] | None = None) -> tf.distribute.Strategy:
+    """The `tf.distribute` strategy for ``kind`` (see the module docstring)."""
+    if kind not in STRATEGY_KINDS:
+        raise ConfigError(f"strategy={kind!r} is not allowed; choose one of {STRATEGY_KINDS}")
+    if kind == "auto":
+        if cluster_info().num_workers > 1:
+            kind = "multi_worker"
+        elif devices or len(tf.config.list_logical_devices("GPU")) > 1:
+            kind = "mirrored"
+        else:
+            kind = "default"
+    if kind == "multi_worker":
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
+        )
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    if kind == "mirrored":
+        # CPU-only replicas need an all-reduce that does not require NCCL.
+        return tf.distribute.MirroredStrategy(
+            devices=devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
+        )
+    return tf.distribute.get_strategy()
+
+
+def split_local_cpu(num_devices: int) -> list[str]:
+    """Split the host CPU into ``num_devices`` logical devices (before any TF op) for MirroredStrategy."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)]
+    )
+    return [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+class DistributedTrainer(Trainer):
+    """`models.training.Trainer` whose update all-reduces the gradients over the strategy's replicas.
+
+    The model and optimiser variables are ordinary per-process variables (create the model outside
+    ``strategy.scope()``); only the gradients and the metric sums cross replicas and workers.
+    """
+
+    def __init__(
+        self, model, config: TrainConfig, num_train: int, strategy: tf.distribute.Strategy
+    ):
+        self.strategy = strategy
+        super().__init__(model, config, num_train)
+        # Collective ops cannot live inside an XLA cluster: compile only the per-replica gradient.
+        self._replica_grads = tf.function(self._replica_grads_impl, jit_compile=config.jit_compile)
+        self._train_step = tf.function(self._train_step_impl)
+
+    def _replica_grads_impl(self, x: tf.Tensor, seed: tf.Tensor):
+        cfg = self.config
+        with tf.GradientTape() as tape:
+            bound = elbo(self.model, x, seed, cfg.estimator, cfg.num_samples)
+            loss_sum = -tf.reduce_sum(bound.elbo)
+        grads = tape.gradient(loss_sum, self.variables)
+        m = tf.cast(tf.shape(x)[0], tf.float32)
+        sums = tf.stack(
+            [
+                tf.reduce_sum(bound.elbo),
+                tf.reduce_sum(bound.kl),
+                tf.reduce_sum(bound.reconstruction),
+                m,
+            ]
+        )
+        return grads, sums
+
+    def _train_step_impl(self, x) -> tf.Tensor:
+        """One synchronous SGVB update on a distributed global batch; False (no update) on NaN/Inf."""
+        base_seed = tf.stack([self._seed, tf.cast(self.step, tf.int32)])
+
+        def replica_fn(x_local: tf.Tensor):
+            ctx = tf.distribute.get_replica_context()
+            seed = tf.random.experimental.stateless_fold_in(base_seed, ctx.replica_id_in_sync_group)
+            grads, sums = self._replica_grads(x_local, seed)
+            # One batched all-reduce (sum) over every replica of every worker.
+            return ctx.all_reduce(tf.distribute.ReduceOp.SUM, [*grads, sums])
+
+        reduced = self.strategy.run(replica_fn, args=(x,))
+        # After the all-reduce every replica holds the same values: take this process's first copy.
+        reduced = [self.strategy.experimental_local_results(t)[0] for t in reduced]
+        grads, sums = reduced[:-1], reduced[-1]
+        m = tf.maximum(sums[3], 1.0)
+        grads = [g / m for g in grads]
+        finite = tf.math.is_finite(sums[0] + tf.add_n([tf.reduce_sum(g) for g in grads]))
+
+        def update() -> tf.Tensor:
+            self.optimizer.apply(grads, self.variables)
+            self.step.assign_add(1)
+            self._sums.assign_add(sums)
+            return tf.constant(True)
+
+        return tf.cond(finite, update, lambda: tf.constant(False))
+
+
+def worker_checkpoint_dir(checkpoint_dir: str, info: ClusterInfo) -> str:
+    """The chief checkpoints into ``checkpoint_dir``; other workers into a sub-folder of their own."""
+    if info.is_chief:
+        return checkpoint_dir
+    return os.path.join(checkpoint_dir, f"{info.task_type}-{info.task_index}")
+
+
+def fit_distributed(
+    model,
+    make_train_data: Callable[[int], tf.data.Dataset],
+    valid_data: tf.data.Dataset | None,
+    num_train: int,
+    config: TrainConfig,
+    strategy: tf.distribute.Strategy,
+    checkpoint_dir: str | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    max_steps_per_epoch: int | None = None,
+) -> TrainResult:
+    """`models.training.fit` with data-parallel updates; returns with the best weights assigned.
+
+    make_train_data(epoch) returns the epoch's *global* batches ([M, D] float32, same order on every
+    worker); the strategy splits each batch across replicas. Validation runs on every worker with
+    identical weights, so every worker takes the same early-stopping decision. Checkpoints: see
+    `worker_checkpoint_dir`; all workers must resume from the same epoch.
+    """
+    trainer = DistributedTrainer(model, config, num_train, strategy)
+    manager = None
+    if checkpoint_dir:
+        own_dir = worker_checkpoint_dir(checkpoint_dir, cluster_info())
+        manager = tf.train.CheckpointManager(trainer.checkpoint(), own_dir, max_to_keep=2)
+    resumed_from = trainer.restore(manager, checkpoint_dir) if manager is not None else 0
+    history = trainer.read_history()
+    epoch = int(trainer.epoch.numpy())
+    stopped_early = trainer.patience_exhausted() and epoch < config.epochs
+    while not stopped_early and epoch < config.epochs:
+        epoch += 1
+        data = make_train_data(epoch)
+        if max_steps_per_epoch is not None:
+            data = data.take(max_steps_per_epoch)
+        # Every worker reads the same batches and keeps its slice of each (no file-based sharding).
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA
+        )
+        data = data.with_options(options)
+        metrics = trainer.train_epoch(strategy.experimental_distribute_dataset(data), epoch)
+        if valid_data is not None:
+            metrics.update(trainer.evaluate(valid_data))
+        score = metrics.get(C.VALID_ELBO, metrics[C.TRAIN_ELBO])
+        if not math.isfinite(score):
+            raise TrainingDivergedError(
+                f"training diverged: the validation ELBO is {score} after epoch {epoch}; check the "
+                "validation inputs for NaN/Inf or out-of-range values for model.likelihood",
+                epoch=epoch,
+                step=int(trainer.step.numpy()),
+            )
+        trainer.record_epoch(epoch, score)
+        metrics["epoch"] = float(epoch)
+        history.append(metrics)
+        trainer.history.assign(json.dumps(history))
+        if manager is not None:
+            manager.save(checkpoint_number=epoch)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+        stopped_early = trainer.patience_exhausted() and epoch < config.epochs
+    for v, b in zip(trainer.variables, trainer.best_weights, strict=True):
+        v.assign(b)
+    return TrainResult(
+        epochs_completed=epoch,
+        best_epoch=int(trainer.best_epoch.numpy()),
+        best_valid_elbo=float(trainer.best_elbo.numpy()),
+        stopped_early=stopped_early,
+        resumed_from_epoch=resumed_from,
+        history=history,
+    )
+
+
+__all__ = [
+    "STRATEGY_KINDS",
+    "ClusterInfo",
+    "DistributedTrainer",
+    "cluster_info",
+    "fit_distributed",
+    "make_strategy",
+    "split_local_cpu",
+    "worker_checkpoint_dir",
+]
