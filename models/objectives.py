@@ -7,20 +7,26 @@ For z_l ~ q(z|x) drawn with the reparameterisation z = mu + sigma * eps, eps ~ N
     estimator B    = -KL(q(z|x) || p(z)) + 1/L sum_l log p(x|z_l)       (analytic KL, eq. 7)
     IW bound (k)   = log 1/k sum_l w_l                                  (Burda et al., 2015)
 
-All estimators are per datapoint, shape [batch]. The paper's minibatch estimator of the full-data
-bound is N/M times the sum over the minibatch, i.e. N times the per-datapoint mean returned here.
+All estimators are per datapoint, shape [batch]. Each is an unbiased estimate (A, B) of the ELBO,
+or (IW) a stochastic lower bound on log p(x) that is at least as tight as the ELBO in expectation.
+The paper's minibatch estimator of the full-data bound is N/M times the sum over the minibatch
+(`minibatch_bound`), i.e. N times the per-datapoint mean; training maximises the per-datapoint
+mean plus log p(theta) / N, which has the same maximiser and a step size independent of N.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from models.vae import VAE
+from models.errors import ConfigError
 
 tfd = tfp.distributions
+
+ESTIMATORS = ("A", "B", "iwae")
 
 
 class LogWeights(NamedTuple):
@@ -36,18 +42,28 @@ class LogWeights(NamedTuple):
 
 
 class Bound(NamedTuple):
-    """A per-datapoint lower bound and its parts, each [batch]."""
+    """A per-datapoint lower bound and its parts, each [batch].
+
+    ``reconstruction`` is the L-sample mean of log p(x|z); ``kl`` is analytic for estimator B and
+    the Monte-Carlo estimate mean_l [log q(z_l|x) - log p(z_l)] for A and iwae.
+    """
 
     elbo: tf.Tensor
     reconstruction: tf.Tensor
     kl: tf.Tensor
 
 
-def log_weights(model: VAE, x: tf.Tensor, num_samples: int, seed: tf.Tensor,
-                posterior: tfd.Distribution | None = None) -> tuple[LogWeights, tfd.Distribution]:
+def log_weights(
+    model,
+    x: tf.Tensor,
+    num_samples: int,
+    seed: tf.Tensor,
+    posterior: tfd.Distribution | None = None,
+) -> tuple[LogWeights, tfd.Distribution]:
     """Draw ``num_samples`` reparameterised z ~ q(z|x) and return the log-weight terms.
 
-    x: [batch, D] float32. seed: int32/int64 tensor of shape [2] (stateless sampling).
+    model: anything with `posterior(x)`, `prior()`, `likelihood(z)` (a `VAE`, a `LinearGaussian`).
+    x: [batch, D]. seed: int32/int64 tensor of shape [2] (stateless sampling).
     Returns (LogWeights with [num_samples, batch] tensors, the posterior q(z|x)).
     """
     q = model.posterior(x) if posterior is None else posterior
@@ -55,8 +71,20 @@ def log_weights(model: VAE, x: tf.Tensor, num_samples: int, seed: tf.Tensor,
     return LogWeights(model.likelihood(z).log_prob(x), model.prior().log_prob(z), q.log_prob(z)), q
 
 
-def elbo(model: VAE, x: tf.Tensor, seed: tf.Tensor, estimator: str = "B", num_samples: int = 1) -> Bound:
-    """Per-datapoint SGVB estimate of the lower bound with estimator "A", "B" or "iwae"."""
+def check_estimator(estimator: str) -> None:
+    if estimator not in ESTIMATORS:
+        raise ConfigError(
+            f"estimator={estimator!r} is not allowed; choose one of {', '.join(map(repr, ESTIMATORS))}"
+        )
+
+
+def elbo(model, x: tf.Tensor, seed: tf.Tensor, estimator: str = "B", num_samples: int = 1) -> Bound:
+    """Per-datapoint SGVB estimate of the lower bound with estimator "A", "B" or "iwae" ([batch]).
+
+    ``num_samples`` is L for A and B, k for iwae. With iwae the result is the k-sample importance
+    weighted bound, a stochastic lower bound on log p(x).
+    """
+    check_estimator(estimator)
     lw, q = log_weights(model, x, num_samples, seed)
     reconstruction = tf.reduce_mean(lw.log_likelihood, axis=0)
     if estimator == "B":
@@ -65,7 +93,32 @@ def elbo(model: VAE, x: tf.Tensor, seed: tf.Tensor, estimator: str = "B", num_sa
     mc_kl = tf.reduce_mean(lw.log_posterior - lw.log_prior, axis=0)
     if estimator == "A":
         return Bound(tf.reduce_mean(lw.log_w, axis=0), reconstruction, mc_kl)
-    if estimator == "iwae":
-        bound = tf.reduce_logsumexp(lw.log_w, axis=0) - tf.math.log(tf.cast(num_samples, tf.float32))
-        return Bound(bound, reconstruction, mc_kl)
-    raise ValueError(f"estimator must be 'A', 'B' or 'iwae', got {estimator!r}")
+    bound = tf.reduce_logsumexp(lw.log_w, axis=0) - math.log(num_samples)
+    return Bound(bound, reconstruction, mc_kl)
+
+
+def minibatch_bound(per_datapoint: tf.Tensor, num_train: int) -> tf.Tensor:
+    """The paper's minibatch estimator of the full-data bound: N/M sum_i L~(x_i) (a scalar)."""
+    m = tf.cast(tf.shape(per_datapoint)[0], per_datapoint.dtype)
+    return float(num_train) / m * tf.reduce_sum(per_datapoint)
+
+
+def log_prior_theta(variables: list[tf.Variable], weight_decay: float) -> tf.Tensor:
+    """log p(theta) up to a constant for the prior N(0, I / weight_decay): -w/2 ||theta||^2.
+
+    weight_decay = 1 is the paper's N(0, I) prior (its "small weight decay term"). Its gradient,
+    -w * theta, is what `models.optim` adds (scaled by 1/N) when given ``weight_decay``.
+    """
+    return -0.5 * weight_decay * tf.add_n([tf.reduce_sum(tf.square(v)) for v in variables])
+
+
+__all__ = [
+    "ESTIMATORS",
+    "LogWeights",
+    "Bound",
+    "log_weights",
+    "check_estimator",
+    "elbo",
+    "minibatch_bound",
+    "log_prior_theta",
+]

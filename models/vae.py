@@ -26,6 +26,7 @@ tfd = tfp.distributions
 # Bounds that keep exp(log_var) finite and positive in float32 for any input.
 LOG_VAR_MIN = -12.0
 LOG_VAR_MAX = 8.0
+PAPER_INIT_STD = 0.1  # N(0, 0.01) in the paper's (mean, variance) notation
 
 _ACTIVATIONS = {
     "tanh": tf.math.tanh,
@@ -47,13 +48,18 @@ class Dense(tf.Module):
     def __init__(self, n_in: int, n_out: int, init: str, seed: int, name: str | None = None):
         super().__init__(name=name)
         if init == "paper":
-            # Sec. 5: "parameters were initialized by random sampling from N(0, 0.01)" (variance 0.01).
-            w0 = tf.random.stateless_normal([n_in, n_out], seed=[seed, 1], stddev=0.1)
+            # Sec. 5: "parameters were initialized by random sampling from N(0, 0.01)": all of them,
+            # biases included; the paper writes N(mean, variance), so the std is 0.1.
+            w0 = tf.random.stateless_normal([n_in, n_out], seed=[seed, 1], stddev=PAPER_INIT_STD)
+            b0 = tf.random.stateless_normal([n_out], seed=[seed, 2], stddev=PAPER_INIT_STD)
         else:
             limit = math.sqrt(6.0 / (n_in + n_out))
-            w0 = tf.random.stateless_uniform([n_in, n_out], seed=[seed, 1], minval=-limit, maxval=limit)
+            w0 = tf.random.stateless_uniform(
+                [n_in, n_out], seed=[seed, 1], minval=-limit, maxval=limit
+            )
+            b0 = tf.zeros([n_out])
         self.w = tf.Variable(w0, name="w")
-        self.b = tf.Variable(tf.zeros([n_out]), name="b")
+        self.b = tf.Variable(b0, name="b")
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         return tf.matmul(x, self.w) + self.b
@@ -62,13 +68,21 @@ class Dense(tf.Module):
 class MLP(tf.Module):
     """Hidden layers with a shared activation and a linear output layer of width ``n_out``."""
 
-    def __init__(self, n_in: int, hidden: tuple[int, ...], n_out: int, activation: str, init: str,
-                 seed: int, name: str | None = None):
+    def __init__(
+        self,
+        n_in: int,
+        hidden: tuple[int, ...],
+        n_out: int,
+        activation: str,
+        init: str,
+        seed: int,
+        name: str | None = None,
+    ):
         super().__init__(name=name)
         sizes = (n_in, *hidden, n_out)
         self.layers = [
             Dense(a, b, init, seed=seed * 1000 + i, name=f"dense_{i}")
-            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))
+            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))
         ]
         self._activation = _ACTIVATIONS[activation]
 
@@ -85,10 +99,19 @@ class VAE(tf.Module):
         super().__init__(name=name)
         self.config = config
         d, k, h = config.input_dim, config.latent_dim, config.hidden_sizes
-        self.encoder = MLP(d, h, 2 * k, config.activation, config.init, seed=2 * seed + 1, name="encoder")
+        self.encoder = MLP(
+            d, h, 2 * k, config.activation, config.init, seed=2 * seed + 1, name="encoder"
+        )
         n_dec_out = 2 * d if config.likelihood == "gaussian" else d
-        self.decoder = MLP(k, tuple(reversed(h)), n_dec_out, config.activation, config.init,
-                           seed=2 * seed + 2, name="decoder")
+        self.decoder = MLP(
+            k,
+            tuple(reversed(h)),
+            n_dec_out,
+            config.activation,
+            config.init,
+            seed=2 * seed + 2,
+            name="decoder",
+        )
 
     # -- q(z|x) ----------------------------------------------------------------------------------
     def posterior_params(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
