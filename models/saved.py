@@ -46,30 +46,75 @@ class _Serving(tf.Module):
         self.decode = decode
 
 
+RESERVED_KEYS = ("format", "version", "model")
+
+
 def save_model(model: VAE, path: str, extra: dict | None = None) -> str:
-    """Write the SavedModel + config.json to ``path`` atomically; returns ``path``."""
+    """Write the SavedModel + config.json to ``path`` atomically; returns the absolute path.
+
+    ``extra`` adds JSON-serialisable provenance to config.json (dataset, run id, ...). An existing
+    model at ``path`` is replaced: the new one is written beside it and swapped in by renames, so
+    readers see either the old or the new model, never a half-written one.
+    """
+    clash = sorted(set(extra or {}) & set(RESERVED_KEYS))
+    if clash:
+        raise ModelError(
+            f"save_model(extra=...): keys {clash} are reserved in config.json; rename them"
+        )
     path = os.path.abspath(path)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    serving = _Serving(model)
-    tf.saved_model.save(serving, tmp, signatures={"encode": serving.encode, "decode": serving.decode})
-    meta = {"format": FORMAT, "version": FORMAT_VERSION, "model": to_dict(model.config), **(extra or {})}
-    with open(os.path.join(tmp, "config.json"), "w") as fh:
-        json.dump(meta, fh, indent=2, sort_keys=True)
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    try:
+        serving = _Serving(model)
+        tf.saved_model.save(
+            serving, tmp, signatures={"encode": serving.encode, "decode": serving.decode}
+        )
+        meta = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "model": to_dict(model.config),
+            **(extra or {}),
+        }
+        with open(os.path.join(tmp, "config.json"), "w") as fh:
+            json.dump(meta, fh, indent=2, sort_keys=True)
+        old = None
+        if os.path.exists(path):
+            old = f"{path}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if old is not None:
+                os.replace(old, path)  # put the previous model back
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return path
 
 
 def read_config(path: str) -> tuple[ModelConfig, dict]:
+    """(ModelConfig, the whole config.json) of a saved model directory."""
     cfg_path = os.path.join(path, "config.json")
     try:
         with open(cfg_path) as fh:
             meta = json.load(fh)
     except FileNotFoundError as exc:
-        raise ModelError(f"{cfg_path}: not found; is {path} a model saved by aevb (save_model)?") from exc
-    if meta.get("format") != FORMAT:
-        raise ModelError(f"{cfg_path}: field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
+        raise ModelError(
+            f"{cfg_path}: not found; is {path} a model saved by aevb (save_model)?"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{cfg_path}: not valid JSON ({exc}); save the model again") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ModelError(f"{cfg_path}: field 'format' is {found!r}, expected {FORMAT!r}")
+    if meta.get("version") != FORMAT_VERSION:
+        raise ModelError(
+            f"{cfg_path}: field 'version' is {meta.get('version')!r}; this code reads version "
+            f"{FORMAT_VERSION}: save the model again with this version"
+        )
+    if not isinstance(meta.get("model"), dict):
+        raise ModelError(f"{cfg_path}: field 'model' is missing or not an object")
     return model_config_from_dict(meta["model"]), meta
 
 
@@ -79,14 +124,19 @@ def load_vae(path: str) -> VAE:
     model = VAE(config)
     # The SavedModel's variables/ is an object-based checkpoint rooted at _Serving, whose child
     # "model" is the VAE: a Checkpoint with the same child name restores it structurally.
-    status = tf.train.Checkpoint(model=model).read(os.path.join(path, "variables", "variables"))
     try:
+        status = tf.train.Checkpoint(model=model).read(os.path.join(path, "variables", "variables"))
         status.assert_existing_objects_matched()
-    except AssertionError as exc:
-        raise ModelError(f"{path}: variables do not match the architecture in config.json") from exc
+    except (AssertionError, ValueError, tf.errors.OpError) as exc:
+        raise ModelError(
+            f"{path}: variables do not match the architecture in config.json ({exc}); "
+            "the directory is damaged or was edited: save the model again"
+        ) from exc
     return model
 
 
 def load_serving(path: str):
     """The raw SavedModel: `.signatures["encode"](x=...)`, `.signatures["decode"](z=...)`."""
+    if not os.path.exists(os.path.join(path, "saved_model.pb")):
+        raise ModelError(f"{path}: no saved_model.pb; is it a model saved by aevb (save_model)?")
     return tf.saved_model.load(path)
