@@ -7,6 +7,7 @@ explicit ``format=``) and returns a validated `SourceData`. Readers never write 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 
 from models.errors import DatasetError
@@ -78,9 +79,25 @@ def _load(source: str, *, format: str | None = None, **options: object) -> Sourc
         raise DatasetError(
             f"unknown format {fmt!r} for {source!r}; choose one of {', '.join(FORMATS)}"
         )
-    from tasks.sources import readers
+    reader = _readers()[fmt]
+    allowed = [p for p in inspect.signature(reader).parameters if p not in ("path", "folder")]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise DatasetError(
+            f"option {unknown[0]!r} does not apply to {fmt} sources; valid options: {', '.join(allowed)}"
+        )
+    return reader(source, **options)
 
-    return readers.READERS[fmt](source, **options)
+
+def _readers() -> dict:
+    from tasks.sources.idx import load_idx_source
+    from tasks.sources.images import load_image_folder_source
+    from tasks.sources.tabular import load_csv_source, load_npz_source, load_parquet_source
+
+    return {
+        "idx": load_idx_source, "csv": load_csv_source, "npz": load_npz_source,
+        "images": load_image_folder_source, "parquet": load_parquet_source,
+    }  # fmt: skip
 
 
 def _no_options(source: str, options: dict) -> None:
