@@ -102,7 +102,7 @@ def check_unique_ids(uri: str, ids: np.ndarray) -> None:
         dup = uniq[counts > 1][:3]
         raise DatasetError(
             f"{uri}: ids must be unique but {int((counts > 1).sum())} repeat "
-            f"(e.g. {', '.join(map(repr, dup))}); fix the id column or omit it to use row numbers"
+            f"(e.g. {', '.join(repr(str(d)) for d in dup)}); fix the id column or omit it to use row numbers"
         )
 
 

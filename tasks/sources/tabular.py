@@ -120,7 +120,9 @@ def load_csv_source(
     """CSV with a header row; features = ``feature_columns`` or every other column."""
     require_file(path, "CSV file")
     try:
-        table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+        table = pacsv.read_csv(
+            path, convert_options=pacsv.ConvertOptions(strings_can_be_null=True, null_values=[""])
+        )
     except pa.ArrowInvalid as exc:
         if "Empty CSV" in str(exc):
             raise DatasetError(
