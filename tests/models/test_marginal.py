@@ -20,6 +20,7 @@ from models.marginal import (
     chunk_sizes,
     evaluate_dataset,
     importance_sampled_log_marginal,
+    philox_sampled,
 )
 from models.objectives import log_weights
 from models.vae import VAE
@@ -72,8 +73,9 @@ def test_streaming_chunks_equal_one_logsumexp_over_all_samples():
     model = imperfect_q_model()
     x = model.sample_data(5, seed=4)
     out = DatasetEvaluator(model, jit_compile=False).evaluate_batch(x, 20, SEED, chunk_size=7)
+    q = philox_sampled(model.posterior(x))
     parts = [
-        log_weights(model, x, n, tf.random.experimental.stateless_fold_in(SEED, i))[0]
+        log_weights(model, x, n, tf.random.experimental.stateless_fold_in(SEED, i), posterior=q)[0]
         for i, n in enumerate([7, 7, 6])
     ]
     log_w = tf.concat([p.log_w for p in parts], axis=0).numpy()  # [20, B]
@@ -210,14 +212,13 @@ def test_bernoulli_bits_per_dim_only_for_binary_data_and_jit_matches_eager():
     expected_bpd = -result.log_marginal.mean() / (12 * math.log(2.0))
     assert result.bits_per_dim == pytest.approx(expected_bpd, rel=1e-6)
     assert np.all(result.elbo_a <= result.log_marginal + 1e-5)
-    # XLA draws different (equally valid) random numbers than eager TF, so compare at large K.
+    # XLA turns the same Philox bits into different (equally valid) normals, so compare at large K.
     batches = [binary[:5], binary[5:]]
     jit = evaluate_dataset(model, batches, num_samples=3000, seed=2, jit_compile=True)
     eager = evaluate_dataset(model, batches, num_samples=3000, seed=2, jit_compile=False)
     se = np.hypot(jit.log_marginal_stderr, eager.log_marginal_stderr)
     assert np.all(np.abs(jit.log_marginal - eager.log_marginal) < 4 * se + 1e-4)
     assert np.all(se < 0.15)
-    assert not np.array_equal(jit.log_marginal, eager.log_marginal)
     grey = evaluate_dataset(model, [probs], num_samples=5, seed=2)
     assert grey.bits_per_dim is None  # Bernoulli log_prob of grey levels is not a log-probability
 
