@@ -1,0 +1,1 @@
+"""Prefect flows that compose the stage tasks, the pipeline config loader and the `aevb` CLI."""

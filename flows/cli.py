@@ -1,0 +1,107 @@
+"""The `aevb` command line: one verb per stage plus the pipeline.
+
+Exit codes (DESIGN.md): 0 success; 2 with a one-line message for user errors (`PipelineError`, bad
+arguments); 1 with a traceback for internal errors. Heavy imports (Prefect, TF, MLflow) happen only
+inside the verb that needs them, so `aevb --help` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+# Offline machine, and nobody wants telemetry from a batch job: set before prefect/mlflow import.
+for _k, _v in {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}.items():
+    os.environ.setdefault(_k, _v)
+
+# verb -> module exposing `add_parser(subparsers)`; each parser sets `func=run(args) -> int`.
+VERB_MODULES: dict[str, str] = {
+    "ingest": "flows.commands",
+    "datasets": "flows.commands",
+    "train": "flows.commands",
+    "evaluate": "flows.evaluate_cli",
+    "models": "flows.models_cli",
+    "export": "flows.export_cli",
+    "pipeline": "flows.pipeline_cli",
+}
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("aevb-pipeline")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class _DropPipelineErrorTracebacks(logging.Filter):
+    """Prefect logs a traceback for every failed task; for user errors the CLI's one line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from models.errors import PipelineError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, PipelineError):
+            return False
+        return "PipelineError" not in record.getMessage() or "Traceback" not in record.getMessage()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aevb",
+        description="Auto-Encoding Variational Bayes pipeline "
+        "(Kingma & Welling, 2013): ingest, train, evaluate, register, export.",
+    )
+    parser.add_argument("--version", action="version", version=f"aevb-pipeline {version()}")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    seen = set()
+    for module_name in VERB_MODULES.values():
+        if module_name not in seen:
+            seen.add(module_name)
+            importlib.import_module(module_name).add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # argparse cannot take positionals after options once a positional was consumed, so KEY=VALUE
+    # overrides may stand anywhere: collect them from the leftovers.
+    args, extra = parser.parse_known_args(argv)
+    overrides = [t for t in extra if "=" in t and not t.startswith("-")]
+    unknown = [t for t in extra if t not in overrides]
+    if unknown or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+    if overrides:
+        args.overrides = list(args.overrides or []) + overrides
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_DropPipelineErrorTracebacks())
+    from models.errors import PipelineError
+
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return int(func(args) or 0)
+    except PipelineError as exc:
+        print(f"aevb {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"aevb {args.verb}: interrupted; completed work is kept and a rerun resumes",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
