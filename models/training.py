@@ -79,7 +79,10 @@ class Trainer:
         self.step = tf.Variable(
             0, dtype=tf.int64, trainable=False, name="step"
         )  # completed updates
-        self.best_elbo = tf.Variable(-math.inf, trainable=False, name="best_valid_elbo")
+        # float64: the reported best score is exactly the epoch metric it came from
+        self.best_elbo = tf.Variable(
+            -math.inf, dtype=tf.float64, trainable=False, name="best_valid_elbo"
+        )
         self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
         self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_epochs")
         self.best_weights = [tf.Variable(v, trainable=False) for v in self.variables]
