@@ -21,7 +21,9 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -623,6 +625,7 @@ class DatasetWriter:
             _rmtree(self.stage)
         _fault_point("before_current")
         set_current(self.root, self.name, version)
+        sweep_stale_stages(self.base)
         return IngestResult(self.name, version, final, created)
 
     def _manifest(self, version: str) -> DatasetManifest:
@@ -661,6 +664,21 @@ class DatasetWriter:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is not None:
             self.abort()
+
+
+STALE_STAGE_SECONDS = 6 * 3600
+
+
+def sweep_stale_stages(base: str, max_age: float = STALE_STAGE_SECONDS) -> None:
+    """Remove staging folders of killed runs (local roots; older than ``max_age`` so that a
+    concurrent ingest's live stage is never touched). They are invisible to readers either way."""
+    if not _is_local(base) or not os.path.isdir(base):
+        return
+    now = time.time()
+    for entry in os.listdir(base):
+        path = os.path.join(base, entry)
+        if entry.startswith(".staging-") and now - os.path.getmtime(path) > max_age:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def set_current(data_root: str | None, name: str, version: str) -> None:
