@@ -1,0 +1,141 @@
+"""`aevb reproduce`: the flow writes a report whose figures exist, whose numbers match results.json
+and MLflow, and whose claim verdicts follow the numbers (tiny budgets on scikit-learn digits)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from models.errors import ConfigError
+from tasks.reproduce import quick_settings, render_markdown, summarize
+
+TINY = dict(
+    fig2_latents=(2,),
+    fig2_hidden=20,
+    fig2_budgets=(500, 1000),
+    fig3_train_sizes=(200,),
+    fig3_budgets=(500,),
+    fig3_eval_rows=20,
+    fig3_hmc=(2, 10, 20),
+    gradvar_draws=5,
+    gradvar_train_samples=500,
+    manifold_hidden=20,
+    manifold_budget=500,
+    vb_train_size=300,
+    vb_hidden=20,
+    vb_latent=2,
+    vb_epochs=2,
+    vb_importance=10,
+)
+
+
+def _curve(method: str, latent: int, n: int, values: list[float], key: str) -> dict:
+    points = [
+        {"samples": 100.0 * (i + 1), "seconds": 1.0, f"train_{key}": v + 1, f"test_{key}": v}
+        for i, v in enumerate(values)
+    ]
+    return {
+        "method": method,
+        "latent_dim": latent,
+        "num_train": n,
+        "learning_rate": 0.02,
+        "pilot_scores": {},
+        "points": points,
+    }
+
+
+def test_claim_verdicts_follow_the_numbers():
+    results = {
+        "fig2": {
+            "data": "d",
+            "hidden": 5,
+            "curves": [
+                _curve("aevb", 3, 100, [-30.0, -25.0], "bound"),
+                _curve(
+                    "wake_sleep", 3, 100, [-31.0, -24.0], "bound"
+                ),  # WS ahead at the last budget
+                _curve("aevb", 50, 100, [-40.0, -27.0], "bound"),
+            ],
+        },
+        "fig3": {
+            "data": "d",
+            "hidden": 5,
+            "latent_dim": 3,
+            "estimator": "e",
+            "curves": [
+                _curve("aevb", 3, 100, [-26.0], "log_marginal"),
+                _curve("mcem", 3, 100, [-25.5], "log_marginal"),
+                _curve("aevb", 3, 900, [-25.0], "log_marginal"),
+                _curve("mcem", 3, 900, [-27.0], "log_marginal"),
+            ],
+        },
+        "gradient_variance": {
+            "latent_dim": 3,
+            "draws": 5,
+            "batch": 100,
+            "trained_samples": 10,
+            "init": {"A": {"encoder": 4.0, "decoder": 1.0}, "B": {"encoder": 1.0, "decoder": 1.0}},
+            "trained": {
+                "A": {"encoder": 2.0, "decoder": 1.0},
+                "B": {"encoder": 3.0, "decoder": 1.0},
+            },
+        },
+    }
+    s = summarize(results)
+    assert s["claim_aevb_minus_ws_min_test_gap"] == pytest.approx(-1.0)
+    assert s["claim_largest_latent_minus_best_test_bound"] == pytest.approx(-2.0)
+    assert s["claim_aevb_minus_mcem_small_n_test"] == pytest.approx(-0.5)  # the smaller N is used
+    assert s["claim_gradvar_init_ratio_B_over_A"] == pytest.approx(0.25)
+    md = render_markdown(results, quick_settings(dataset="digits"), {"fig2": 1.0})
+    claims = md.split("## Claims")[1].split("## Setup")[0]
+    lines = [line for line in claims.splitlines() if line.startswith("- ")]
+    assert "does not hold" in lines[0] and "-1.00" in lines[0]  # AEVB vs wake-sleep
+    assert "**holds**" in lines[1]  # superfluous latents: -2 nats is within the 5-nat allowance
+    assert "does not hold" in lines[2] and "-0.50" in lines[2]  # MCEM ahead on the small set
+    assert "**holds**" in lines[3] and "0.25" in lines[3]
+    assert "does not hold" in lines[4] and "1.50" in lines[4]
+
+
+def test_unknown_experiment_is_a_config_error():
+    from flows.reproduce import reproduce_flow
+
+    with pytest.raises(ConfigError, match="unknown experiments"):
+        reproduce_flow.fn(experiments=["fig9"], track=False)
+
+
+@pytest.mark.slow
+def test_reproduce_flow_writes_report_and_logs_to_mlflow(prefect_harness, mlflow_store, tmp_path):
+    from flows.reproduce import reproduce_flow
+    from tasks import tracking
+
+    out = tmp_path / "report"
+    result = reproduce_flow(quick=True, out_dir=str(out), dataset="digits", overrides=TINY)
+    report = Path(result.report).read_text()
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert {
+        "fig2_bound_vs_samples.png",
+        "fig3_marginal_likelihood.png",
+        "gradient_variance.png",
+        "fig5_samples.png",
+        "fig4_manifold_digits.png",
+        "fig4_manifold_digits-continuous.png",
+    } <= set(figures)
+    for name in figures:
+        with Image.open(out / name) as img:
+            assert img.format == "PNG" and img.size[0] > 100
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["summary"] == pytest.approx(result.summary, nan_ok=True)
+    assert all(math.isfinite(v) for k, v in result.summary.items() if k.startswith("claim_"))
+    for curve in payload["results"]["fig2"]["curves"]:
+        assert [p["samples"] for p in curve["points"]] == [500.0, 1000.0]
+    run = tracking.client().get_run(result.mlflow_run_id)
+    assert run.data.tags["mode"] == "quick" and run.info.status == "FINISHED"
+    finite = {k: v for k, v in result.summary.items() if math.isfinite(v)}
+    assert run.data.metrics == pytest.approx(finite)
+    logged = {f.path for f in tracking.client().list_artifacts(result.mlflow_run_id)}
+    assert {"report.md", "results.json", "results.csv", "fig2_bound_vs_samples.png"} <= logged
