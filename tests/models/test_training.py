@@ -155,7 +155,7 @@ def test_same_seed_gives_identical_runs_and_another_seed_does_not():
 
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     cfg = dataclasses.replace(
-        TRAIN, epochs=4, optimizer="adagrad", learning_rate=0.05, weight_decay=1.0, jit_compile=True
+        TRAIN, epochs=4, optimizer="adagrad", learning_rate=0.05, weight_decay=1.0
     )
     whole = VAE(MODEL, seed=0)
     full = fit(whole, train_data(), valid_data(), 100, cfg)
