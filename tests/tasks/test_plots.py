@@ -1,0 +1,115 @@
+"""Plots: the geometry behind them against closed forms, and the files a run gets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models import constants as C
+from tasks import plots
+from tests.tasks._mlflow_helpers import write_dataset
+
+
+@pytest.mark.parametrize(
+    ("feature_shape", "expected"),
+    [
+        ((8, 8), (8, 8)),
+        ((28, 28, 1), (28, 28)),
+        ((32, 32, 3), (32, 32, 3)),
+        ((784,), (28, 28)),
+        ((64,), (8, 8)),
+        ((16,), None),  # a square, but too small to be a picture: tabular
+        ((10,), None),
+        ((4, 4, 7), None),
+    ],
+)
+def test_image_shape_tells_pictures_from_tabular_data(feature_shape, expected):
+    assert plots.image_shape(feature_shape) == expected
+
+
+def test_tile_puts_image_i_in_row_i_div_cols_and_column_i_mod_cols():
+    rng = np.random.default_rng(0)
+    images = rng.random((5, 3, 4)).astype(np.float32)
+    mosaic = plots.tile(images, cols=2, pad=1, pad_value=-1.0)
+    assert mosaic.shape == (3 * 3 + 2, 2 * 4 + 1)
+    for i in range(5):
+        r, c = divmod(i, 2)
+        np.testing.assert_array_equal(mosaic[r * 4 : r * 4 + 3, c * 5 : c * 5 + 4], images[i])
+    assert (mosaic[8:, 5:] == -1.0).all()  # the sixth cell is empty
+    assert (mosaic[3, :] == -1.0).all() and (mosaic[:, 4] == -1.0).all()  # padding lines
+
+
+def test_manifold_grid_is_the_inverse_normal_cdf_of_an_even_grid():
+    n = 4
+    z = plots.manifold_latents(n)
+    assert z.shape == (n * n, 2) and z.dtype == np.float32
+    u = (np.arange(n) + 0.5) / n
+    phi = 0.5 * (1.0 + np.vectorize(math.erf)(z.astype(np.float64) / math.sqrt(2.0)))
+    np.testing.assert_allclose(phi[:n, 0], u, atol=1e-6)  # first row sweeps z_1 left to right
+    np.testing.assert_allclose(phi[::n, 1], u[::-1], atol=1e-6)  # z_2 decreases down the rows
+    assert z[0, 0] == pytest.approx(-1.1503494, abs=1e-6)  # Phi^-1(1/8)
+    np.testing.assert_allclose(z[:n, 0], -z[:n, 0][::-1], atol=1e-6)  # symmetric about 0
+
+
+def test_principal_components_are_the_top_eigenvectors_of_the_sample_covariance():
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+    z = (rng.standard_normal((5000, 4)) * np.array([3.0, 2.0, 0.5, 0.1])) @ q.T + 7.0
+    scores, ratio = plots.principal_components(z)
+    evals = np.linalg.eigh(np.cov(z, rowvar=False))[0][::-1]
+    np.testing.assert_allclose(np.var(scores, axis=0, ddof=1), evals[:2], rtol=1e-8)
+    assert abs(np.corrcoef(scores, rowvar=False)[0, 1]) < 1e-8  # uncorrelated scores
+    np.testing.assert_allclose(ratio, evals[:2] / evals.sum(), rtol=1e-8)
+    np.testing.assert_allclose(scores.mean(axis=0), 0.0, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("feature_shape", "latent_dim", "expected"),
+    [
+        ((8, 8), 2, set(plots.PLOT_FILES)),
+        ((10,), 3, set(plots.PLOT_FILES) - {"manifold.png"}),
+        ((5,), 2, set(plots.PLOT_FILES)),
+    ],
+)
+def test_write_training_plots_writes_the_expected_pngs(
+    tmp_path, feature_shape, latent_dim, expected
+):
+    from models.config import ModelConfig
+    from models.vae import VAE
+
+    vae = VAE(ModelConfig(feature_shape=feature_shape, latent_dim=latent_dim, hidden_sizes=(16,)))
+    rng = np.random.default_rng(0)
+    x = (rng.random((50, math.prod(feature_shape))) < 0.5).astype(np.float32)
+    labels = rng.integers(-1, 3, 50)
+    history = [
+        {"epoch": 1, C.TRAIN_ELBO: -9.0, C.VALID_ELBO: -8.5, C.TRAIN_KL: 1.0},
+        {"epoch": 2, C.TRAIN_ELBO: -8.0, C.VALID_ELBO: -8.1, C.TRAIN_KL: 1.5},
+    ]
+    paths = plots.write_training_plots(vae, x, labels, history, str(tmp_path / "plots"))
+    assert {p.rsplit("/", 1)[-1] for p in paths} == expected
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == expected
+    for p in paths:
+        with Image.open(p) as im:
+            assert im.format == "PNG" and min(im.size) > 100
+            assert np.asarray(im.convert("L")).std() > 0  # something was drawn
+
+
+def test_held_out_rows_prefers_the_test_split_and_caps_the_count(data_root):
+    from tasks.datasets import read_split
+
+    version = write_dataset(data_root, "plotdata", rows={C.TRAIN: 30, C.VALID: 9, C.TEST: 7})
+    x, labels = plots.held_out_rows(data_root, "plotdata", version, max_rows=5)
+    _, x_test, labels_test = read_split(data_root, "plotdata", version, C.TEST)
+    np.testing.assert_array_equal(x, x_test[:5])
+    np.testing.assert_array_equal(labels, labels_test[:5])
+
+
+def test_held_out_rows_falls_back_to_valid_when_test_is_empty(data_root):
+    from tasks.datasets import read_split
+
+    version = write_dataset(data_root, "notest", rows={C.TRAIN: 30, C.VALID: 9, C.TEST: 0})
+    x, _ = plots.held_out_rows(data_root, "notest", version)
+    np.testing.assert_array_equal(x, read_split(data_root, "notest", version, C.VALID)[1])
