@@ -642,13 +642,12 @@ class DatasetWriter:
             _write_text_atomic(_join(self.stage, "manifest.json"), manifest.to_json())
             _rmtree(final)  # a leftover without manifest is never visible; replace it
             os.rename(self.stage, final)
-        else:  # object stores have no directory rename: move parts, then the manifest last
-            fs, _ = _fs(final)
+        else:  # object stores have no directory rename: copy parts, then the manifest last
+            fs, stage = _fs(self.stage)
             _rmtree(final)
-            for split in SPLITS:
-                src = _join(self.stage, f"split={split}")
-                if _exists(src):
-                    fs.mv(_strip(src), _strip(_join(final, f"split={split}")), recursive=True)
+            target = _strip(final)
+            for src in sorted(fs.find(stage)):
+                fs.copy(src, target + src[len(stage) :])
             _write_text_atomic(_join(final, "manifest.json"), manifest.to_json())
             _rmtree(self.stage)
 
