@@ -126,10 +126,15 @@ def accumulate(
     seed: tf.Tensor,
     chunk_size: int,
 ) -> ChunkStats:
-    """Run ``step(x, n, chunk_seed)`` over chunks; chunk i uses stateless_fold_in(seed, i)."""
+    """Run ``step(x, n, chunk_seed)`` over chunks; chunk i uses stateless_fold_in(seed, i).
+
+    Chunk statistics are combined in float64: sums of K log weights of order -100 would lose
+    ~1e-3 nats of the per-point mean in float32 at K = 5000.
+    """
     total = None
     for i, n in enumerate(chunk_sizes(num_samples, chunk_size)):
-        stats = step(x, n, tf.random.experimental.stateless_fold_in(seed, i))
+        chunk = step(x, n, tf.random.experimental.stateless_fold_in(seed, i))
+        stats = ChunkStats(*(tf.cast(t, tf.float64) for t in chunk))
         total = stats if total is None else combine(total, stats)
     return total
 
@@ -154,7 +159,7 @@ def importance_sampled_log_marginal(
         tf.convert_to_tensor(seed),
         chunk_size,
     )
-    return stats.log_sum_w - math.log(num_samples)
+    return tf.cast(stats.log_sum_w - math.log(num_samples), model.prior().dtype)
 
 
 @dataclass(frozen=True)
@@ -237,6 +242,7 @@ class DatasetEvaluator:
         """Per-point numbers for one batch x [B, D] (see `EvaluationResult` for the keys)."""
         stats = accumulate(self._chunk, x, num_samples, seed, chunk_size)
         kl, z_mean = self._encode(x)
+        kl = tf.cast(kl, tf.float64)
         k = float(num_samples)
         reconstruction = stats.sum_log_likelihood / k
         return {
