@@ -19,6 +19,7 @@ mean is an ordinary `VAE` (saveable, exportable).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -165,95 +166,135 @@ class FullVBVAE(tf.Module):
         }
 
 
+class FullVBTrainer(tf.Module):
+    """Optimiser, compiled steps and checkpointable loop state for one `FullVBVAE`."""
+
+    def __init__(self, model: FullVBVAE, config: TrainConfig, num_train: int):
+        super().__init__(name="full_vb_trainer")
+        self.model, self.config, self.num_train = model, config, int(num_train)
+        self.encoder_variables = list(model.vae.encoder.trainable_variables)
+        self.params = list(model.trainable_variables)
+        self.optimizer = make_optimizer(config.optimizer, self.params, config.learning_rate)
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.best = tf.Variable(-math.inf, trainable=False, name="best_valid_elbo")
+        self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
+        self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_epochs")
+        self.best_weights = [tf.Variable(v, trainable=False) for v in self.params]
+        self.history = tf.Variable("[]", trainable=False, name="history")  # JSON, for resume
+        self._step = tf.function(self._step_impl, jit_compile=config.jit_compile)
+        self._eval = tf.function(
+            lambda x, s: tf.reduce_sum(elbo(model.vae, x, s, "B", 1).elbo),
+            jit_compile=config.jit_compile,
+        )
+
+    def _step_impl(self, x: tf.Tensor, seed: tf.Tensor):
+        cfg = self.config
+        with tf.GradientTape() as tape:
+            out = self.model.objective(x, seed, self.num_train, cfg.num_samples)
+            loss = -out["bound"]
+            if cfg.weight_decay > 0:
+                sq = tf.add_n([tf.reduce_sum(tf.square(v)) for v in self.encoder_variables])
+                loss += 0.5 * cfg.weight_decay * sq / float(self.num_train)
+        grads = tape.gradient(loss, self.params)
+        self.optimizer.apply(grads, self.params)
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+        return out["bound"], out["kl_theta"], tf.logical_and(finite, tf.math.is_finite(loss))
+
+    def train_epoch(self, data: tf.data.Dataset, epoch: int) -> dict[str, float]:
+        total, n, kl_theta, start = 0.0, 0, 0.0, time.perf_counter()
+        for x in data:
+            step = int(self.step.numpy())
+            bound, kl_theta, finite = self._step(x, tf.constant([self.config.seed, step], tf.int32))
+            if not bool(finite):
+                raise TrainingDivergedError(
+                    f"full-VB training diverged: NaN/Inf at epoch {epoch}, global step {step}; "
+                    "lower train.learning_rate or check the input scaling",
+                    epoch=epoch,
+                    step=step,
+                )
+            self.step.assign_add(1)
+            total += float(bound) * int(x.shape[0])
+            n += int(x.shape[0])
+        return {
+            C.TRAIN_ELBO: total / max(n, 1),
+            "train_kl_theta": float(kl_theta),
+            C.EXAMPLES_PER_SECOND: n / max(time.perf_counter() - start, 1e-9),
+        }
+
+    def evaluate(self, data: tf.data.Dataset) -> float:
+        """Plug-in bound at the mean of q(theta), estimator B, fixed noise."""
+        total, n = 0.0, 0
+        for i, x in enumerate(data):
+            total += float(self._eval(x, tf.constant([self.config.seed + 7919, i], tf.int32)))
+            n += int(x.shape[0])
+        return total / max(n, 1)
+
+    def record(self, epoch: int, score: float) -> None:
+        if score > float(self.best.numpy()):
+            self.best.assign(score)
+            self.best_epoch.assign(epoch)
+            self.bad_epochs.assign(0)
+            for b, v in zip(self.best_weights, self.params, strict=True):
+                b.assign(v)
+        else:
+            self.bad_epochs.assign_add(1)
+        self.epoch.assign(epoch)
+
+    def patience_exhausted(self) -> bool:
+        return bool(self.config.patience) and int(self.bad_epochs.numpy()) >= self.config.patience
+
+
 def fit_full_vb(
     model: FullVBVAE,
     make_train_data: Callable[[int], tf.data.Dataset],
     valid_data: tf.data.Dataset | None,
     num_train: int,
     config: TrainConfig,
+    checkpoint_dir: str | None = None,
     on_epoch_end: EpochCallback | None = None,
 ) -> TrainResult:
-    """Train q(theta) and q(z|x) in place, like `models.training.fit` (same data contract).
+    """Train q(theta) and q(z|x) in place, like `models.training.fit` (same arguments and result).
 
     ``config.weight_decay`` applies to the encoder only (theta's prior lives in the KL term).
     Validation and early stopping use the plug-in ELBO (estimator B) at the posterior mean of
-    theta; the best parameters are restored at the end. Metrics per epoch: train_elbo (the full
+    theta; the best parameters are restored at the end. Checkpoints every epoch into
+    ``checkpoint_dir`` and resumes from the latest one. Metrics per epoch: train_elbo (the full
     per-datapoint bound including -KL(theta)/N), train_kl_theta, valid_elbo, examples_per_second.
     """
-    enc_vars = list(model.vae.encoder.trainable_variables)
-    variables = list(model.trainable_variables)
-    optimizer = make_optimizer(config.optimizer, variables, config.learning_rate)
-
-    def step_impl(x, seed):
-        with tf.GradientTape() as tape:
-            out = model.objective(x, seed, num_train, config.num_samples)
-            loss = -out["bound"]
-            if config.weight_decay > 0:
-                sq = tf.add_n([tf.reduce_sum(tf.square(v)) for v in enc_vars])
-                loss += 0.5 * config.weight_decay * sq / float(num_train)
-        grads = tape.gradient(loss, variables)
-        optimizer.apply(grads, variables)
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-        return out["bound"], out["kl_theta"], tf.logical_and(finite, tf.math.is_finite(loss))
-
-    step_fn = tf.function(step_impl, jit_compile=config.jit_compile)
-    eval_fn = tf.function(
-        lambda x, s: tf.reduce_sum(elbo(model.vae, x, s, "B", 1).elbo),
-        jit_compile=config.jit_compile,
-    )
-    best, best_epoch, bad, step = -math.inf, 0, 0, 0
-    best_weights = [tf.Variable(v, trainable=False) for v in variables]
-    history: list[dict[str, float]] = []
-    stopped_early = False
-    for epoch in range(1, config.epochs + 1):
-        if config.patience and bad >= config.patience:
-            stopped_early = True
-            break
-        total, n, kl_theta, start = 0.0, 0, 0.0, time.perf_counter()
-        for x in make_train_data(epoch):
-            bound, kl_theta, finite = step_fn(x, tf.constant([config.seed, step], tf.int32))
-            if not bool(finite):
-                raise TrainingDivergedError(
-                    f"full-VB training diverged: NaN/Inf at epoch {epoch}, global step {step}; lower "
-                    "train.learning_rate or check the input scaling",
-                    epoch=epoch,
-                    step=step,
-                )
-            step += 1
-            total += float(bound) * int(x.shape[0])
-            n += int(x.shape[0])
-        metrics = {
-            C.TRAIN_ELBO: total / max(n, 1),
-            "train_kl_theta": float(kl_theta),
-            C.EXAMPLES_PER_SECOND: n / max(time.perf_counter() - start, 1e-9),
-        }
+    trainer = FullVBTrainer(model, config, num_train)
+    manager, resumed_from = None, 0
+    if checkpoint_dir:
+        ckpt = tf.train.Checkpoint(trainer=trainer)
+        manager = tf.train.CheckpointManager(ckpt, checkpoint_dir, max_to_keep=2)
+        if manager.latest_checkpoint:
+            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            resumed_from = int(trainer.epoch.numpy())
+    history = json.loads(trainer.history.numpy().decode())
+    epoch = int(trainer.epoch.numpy())
+    while epoch < config.epochs and not trainer.patience_exhausted():
+        epoch += 1
+        metrics = trainer.train_epoch(make_train_data(epoch), epoch)
         if valid_data is not None:
-            v_sum, v_n = 0.0, 0
-            for i, x in enumerate(valid_data):
-                v_sum += float(eval_fn(x, tf.constant([config.seed + 7919, i], tf.int32)))
-                v_n += int(x.shape[0])
-            metrics[C.VALID_ELBO] = v_sum / max(v_n, 1)
-        score = metrics.get(C.VALID_ELBO, metrics[C.TRAIN_ELBO])
-        if score > best:
-            best, best_epoch, bad = score, epoch, 0
-            for b, v in zip(best_weights, variables, strict=True):
-                b.assign(v)
-        else:
-            bad += 1
+            metrics[C.VALID_ELBO] = trainer.evaluate(valid_data)
+        trainer.record(epoch, metrics.get(C.VALID_ELBO, metrics[C.TRAIN_ELBO]))
         metrics["epoch"] = float(epoch)
         history.append(metrics)
+        trainer.history.assign(json.dumps(history))
+        if manager is not None:
+            manager.save(checkpoint_number=epoch)
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
-    for v, b in zip(variables, best_weights, strict=True):
+    for v, b in zip(trainer.params, trainer.best_weights, strict=True):
         v.assign(b)
     return TrainResult(
-        epochs_completed=len(history),
-        best_epoch=best_epoch,
-        best_valid_elbo=best,
-        stopped_early=stopped_early,
-        resumed_from_epoch=0,
+        epochs_completed=epoch,
+        best_epoch=int(trainer.best_epoch.numpy()),
+        best_valid_elbo=float(trainer.best.numpy()),
+        stopped_early=trainer.patience_exhausted() and epoch < config.epochs,
+        resumed_from_epoch=resumed_from,
         history=history,
     )
 
 
-__all__ = ["DecoderSample", "FullVBVAE", "fit_full_vb"]
+__all__ = ["DecoderSample", "FullVBTrainer", "FullVBVAE", "fit_full_vb"]

@@ -101,3 +101,31 @@ def test_fit_full_vb_learns_means_and_scales():
 def test_bad_scales_are_config_errors():
     with pytest.raises(ConfigError, match="initial_std"):
         FullVBVAE(_config(), initial_std=0.0)
+
+
+def test_fit_full_vb_resumes_from_its_checkpoint(tmp_path):
+    x = tf.cast(tf.random.stateless_uniform([200, 8], seed=[2, 2]) > 0.6, tf.float32)
+
+    def make(epoch: int) -> tf.data.Dataset:
+        perm = np.random.default_rng(epoch).permutation(200)
+        return tf.data.Dataset.from_tensor_slices(tf.gather(x, perm)).batch(50)
+
+    cfg = TrainConfig(epochs=4, learning_rate=0.01, patience=0, jit_compile=False)
+    straight = FullVBVAE(_config(), seed=5)
+    fit_full_vb(straight, make, None, 200, cfg)
+
+    first = FullVBVAE(_config(), seed=5)
+    fit_full_vb(
+        first,
+        make,
+        None,
+        200,
+        TrainConfig(**{**cfg.__dict__, "epochs": 2}),
+        checkpoint_dir=str(tmp_path),
+    )
+    resumed = FullVBVAE(_config(), seed=5)
+    result = fit_full_vb(resumed, make, None, 200, cfg, checkpoint_dir=str(tmp_path))
+    assert result.resumed_from_epoch == 2 and result.epochs_completed == 4
+    assert [h["epoch"] for h in result.history] == [1.0, 2.0, 3.0, 4.0]
+    for a, b in zip(straight.trainable_variables, resumed.trainable_variables, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
