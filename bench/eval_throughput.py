@@ -3,6 +3,7 @@
     python bench/eval_throughput.py                 # steady state on 500 points, K=5000, extrapolated
     python bench/eval_throughput.py --full          # the real thing: 10,000 points x K=5000
     python bench/eval_throughput.py --sweep         # batch size x chunk rows x XLA grid (short runs)
+    python bench/eval_throughput.py --ais           # AIS seconds per point (16 chains x 1000 steps)
 
 A randomly initialised 784-500-20-500-784 tanh VAE with a Bernoulli decoder (the paper's MNIST
 model) on synthetic binary data: throughput does not depend on the weights or the data values.
@@ -148,6 +149,36 @@ def sweep(args: argparse.Namespace) -> None:
                 )
 
 
+def ais_cost(args: argparse.Namespace) -> None:
+    """Seconds per point for AIS (and the App. D estimator at a 5-d latent) at the paper architecture."""
+    from models.ais import ais_log_marginal
+
+    model = paper_vae()
+    x = tf.constant(synthetic_data(args.ais_points))
+    seed = tf.constant([0, 0])
+    for jit in (False, True):
+        ais_log_marginal(
+            model, x, seed, num_chains=args.ais_chains, num_steps=2, jit_compile=jit
+        )  # compile
+        start, cpu = time.perf_counter(), time.process_time()
+        r = ais_log_marginal(
+            model,
+            x,
+            seed,
+            num_chains=args.ais_chains,
+            num_steps=args.ais_steps,
+            num_leapfrog_steps=10,
+            jit_compile=jit,
+        )
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        print(
+            f"AIS xla={jit} points={args.ais_points} chains={args.ais_chains} steps={args.ais_steps} leapfrog=10: "
+            f"{wall:.1f} s wall ({wall / args.ais_points:.2f} s/point, {cpu / args.ais_points:.2f} CPU-s/point), "
+            f"acceptance {float(tf.reduce_mean(r.acceptance_rate)):.2f}",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=500, help="test points to time (default 500)")
@@ -169,10 +200,19 @@ def main() -> None:
         "--sweep", action="store_true", help="grid over batch size, rows per step and XLA"
     )
     parser.add_argument("--seconds", type=float, default=4.0, help="time per sweep cell")
+    parser.add_argument("--ais", action="store_true", help="time AIS instead (seconds per point)")
+    parser.add_argument("--ais-points", type=int, default=10)
+    parser.add_argument("--ais-chains", type=int, default=16)
+    parser.add_argument("--ais-steps", type=int, default=1000)
     args = parser.parse_args()
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    sweep(args) if args.sweep else run(args)
+    if args.ais:
+        ais_cost(args)
+    elif args.sweep:
+        sweep(args)
+    else:
+        run(args)
 
 
 if __name__ == "__main__":
