@@ -53,9 +53,21 @@ class _DropPipelineErrorTracebacks(logging.Filter):
         from models.errors import PipelineError
 
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, PipelineError):
-            return False
-        return "PipelineError" not in record.getMessage() or "Traceback" not in record.getMessage()
+        return not isinstance(exc, PipelineError)
+
+
+def _quiet_user_error_tracebacks() -> None:
+    """Attach the filter to every handler Prefect configured (filters on loggers miss propagation)."""
+    import prefect  # noqa: F401  (configures Prefect's logging)
+
+    drop = _DropPipelineErrorTracebacks()
+    names = [
+        n for n in logging.Logger.manager.loggerDict if n == "prefect" or n.startswith("prefect.")
+    ]
+    for name in ["", *names]:
+        for handler in logging.getLogger(name).handlers:
+            if drop not in handler.filters:
+                handler.addFilter(drop)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
     if overrides:
         args.overrides = list(args.overrides or []) + overrides
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
-        logging.getLogger(name).addFilter(_DropPipelineErrorTracebacks())
+    _quiet_user_error_tracebacks()
     from models.errors import PipelineError
 
     func: Callable[[argparse.Namespace], int] = args.func

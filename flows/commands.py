@@ -74,9 +74,12 @@ def run_datasets(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from flows.stages import train_flow
-    from tasks.datasets import resolve_data_root
+    from tasks.datasets import check_model_inputs, load_manifest, resolve_data_root
 
     config = pipeline_config(args)
+    root = resolve_data_root(args.data_root)
+    # Validate at the boundary, before Prefect or TF start: missing dataset, wrong value range.
+    check_model_inputs(load_manifest(root, args.dataset, args.version), config.model.likelihood)
     out = train_flow(
         args.dataset, config, resolve_data_root(args.data_root), args.version, force=args.force
     )

@@ -1,0 +1,68 @@
+"""The CLI contract: every verb has --help, user errors exit 2 with one line, --version works."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.cli import VERB_MODULES, main
+
+
+@pytest.mark.parametrize("verb", sorted(VERB_MODULES))
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([verb, "--help"])
+    assert exc.value.code == 0
+    assert f"usage: aevb {verb}" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith("aevb-pipeline ")
+
+
+def test_unknown_config_key_is_one_line_exit_2(capsys, data_root):
+    rc = main(["train", "--dataset", "digits", "--data-root", data_root, "train.epoch=3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and "unknown key(s) ['epoch'] in [train]" in err[0] and "epochs" in err[0]
+
+
+def test_missing_dataset_is_one_line_exit_2(capsys, data_root):  # fails before any flow starts
+    rc = main(["train", "--dataset", "nosuch", "--data-root", data_root])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and "nosuch" in err[0] and "aevb ingest" in err[0]
+
+
+def test_stray_argument_is_rejected(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["models", "list", "--bogus"])
+    assert exc.value.code == 2
+
+
+def test_user_error_inside_a_flow_prints_one_line_and_no_traceback(
+    prefect_harness, capfd, mlflow_store, data_root
+):
+    assert main(["ingest", "digits", "--data-root", data_root]) == 0
+    capfd.readouterr()
+    rc = main(
+        [
+            "export",
+            "--model",
+            "models:/nosuch@champion",
+            "--dataset",
+            "digits",
+            "--data-root",
+            data_root,
+        ]
+    )
+    captured = capfd.readouterr()
+    assert rc == 2
+    # No frames of our code: Prefect's traceback for the failed task was filtered out.
+    assert (
+        'File "/' not in captured.err + captured.out or "tasks/" not in captured.err + captured.out
+    )
+    errors = [line for line in captured.err.splitlines() if line.startswith("aevb export: error:")]
+    assert len(errors) == 1 and "nosuch" in errors[0]
