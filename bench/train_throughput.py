@@ -1,11 +1,15 @@
 """Steady-state training throughput of the AEVB step (numbers, not a test).
 
 Synthetic 60,000 x 784 binary data held in memory; batches come from a tf.data pipeline that
-shuffles indices and gathers whole batches. For each setting: compile + warm up, then time
-``--repeats`` windows of ``--steps`` compiled optimiser steps (batches fetched beforehand) and report
-the median and best window in examples/s, one pass of the real epoch loop
-(`models.training.Trainer.train_epoch`: tf.data, NaN guard, metrics) over the same number of steps, the matmul FLOPs per example (forward + backward; elementwise ops not counted) and the
-achieved GFLOP/s. The machine is shared, so the load average before and after is printed too.
+shuffles indices and gathers whole batches. For each setting: compile and warm up, then time
+``--repeats`` windows of ``--steps`` compiled optimiser steps (batches fetched beforehand) and
+print, in examples/s, the median and best window and one pass of the real epoch loop
+(`models.training.Trainer.train_epoch`: tf.data, NaN guard, metrics) over as many steps; the
+matmul FLOPs per example (forward + backward; elementwise ops not counted) and the GFLOP/s
+achieved at the median; and the process CPU time per example. The machine may be shared, so the
+load average is printed before and after, and "cpu-bound ex/s" = cores / CPU-seconds per example:
+the rate the step would reach with every core to itself (an upper estimate assuming perfect
+parallel scaling; report it beside the wall-clock numbers, never instead of them).
 
     .venv/bin/python bench/train_throughput.py                    # paper (XLA on/off) + fast
     .venv/bin/python bench/train_throughput.py --settings paper --repeats 7
@@ -81,14 +85,15 @@ def run(name: str, x: np.ndarray, steps: int, repeats: int) -> dict[str, float]:
     it = iter(data)
     warm = tf.data.Dataset.from_tensors(next(it)).repeat(5)
     trainer.train_epoch(warm, 0)  # compile
-    rates = []
+    rates, cpu_per_example = [], []
     for _ in range(repeats):
         batches = [next(it) for _ in range(steps)]  # fetched first: the window times the step only
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for b in batches:
             trainer._train_step(b)
         float(trainer.step.numpy())
         rates.append(steps * bs / (time.perf_counter() - start))
+        cpu_per_example.append((time.process_time() - cpu_start) / (steps * bs))
     # The same steps through the real epoch loop (tf.data + guard + metrics) once, for comparison.
     loop_rate = trainer.train_epoch(data.take(steps), 1)["examples_per_second"]
     flops = matmul_flops_per_example(model_cfg)
@@ -101,6 +106,8 @@ def run(name: str, x: np.ndarray, steps: int, repeats: int) -> dict[str, float]:
         "loop": loop_rate,
         "flops": flops,
         "gflops": med * flops / 1e9,
+        "cpu_us": statistics.median(cpu_per_example) * 1e6,
+        "ceiling": (os.cpu_count() or 1) / statistics.median(cpu_per_example),
     }
 
 
@@ -121,17 +128,19 @@ def main() -> None:
     print(
         f"cpus={os.cpu_count()} load average before: {os.getloadavg()}  tensorflow {tf.__version__}"
     )
-    print(
-        f"{'setting':<12} {'batch':>5} {'xla':>5} {'median ex/s':>12} {'best ex/s':>10} {'epoch-loop ex/s':>15} "
-        f"{'MFLOP/ex':>9} {'GFLOP/s':>8}"
+    header = (
+        f"{'setting':<12} {'batch':>5} {'xla':>5} {'median ex/s':>12} {'best ex/s':>10} "
+        f"{'loop ex/s':>10} {'MFLOP/ex':>9} {'GFLOP/s':>8} {'cpu us/ex':>10} {'cpu-bound ex/s':>15}"
     )
+    print(header)
     for name in args.settings:
         bs = SETTINGS[name]()[1].batch_size
         steps = args.steps or max(6000 // bs, 10)
         r = run(name, x, steps, args.repeats)
         print(
             f"{name:<12} {r['batch']:>5} {str(r['jit']):>5} {r['median']:>12,.0f} {r['best']:>10,.0f} "
-            f"{r['loop']:>15,.0f} {r['flops'] / 1e6:>9.2f} {r['gflops']:>8.1f}",
+            f"{r['loop']:>10,.0f} {r['flops'] / 1e6:>9.2f} {r['gflops']:>8.1f} {r['cpu_us']:>10.1f} "
+            f"{r['ceiling']:>15,.0f}",
             flush=True,
         )
     print(f"load average after: {os.getloadavg()}")
