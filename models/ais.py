@@ -18,14 +18,16 @@ adaptive. States are [num_chains, batch, latent_dim]; everything runs in one com
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from typing import Literal, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from models.errors import ConfigError
+from models.errors import ConfigError, DatasetError
+from models.metrics import PointEstimates
 
 tfd = tfp.distributions
 
@@ -169,12 +171,66 @@ def _ais_loop(
     return AISResult(log_marginal, log_w, accept_sum / tf.cast(num_steps, dtype), eps[0, :, 0])
 
 
+PointEstimator = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+
+
+def evaluate_points(
+    estimator: PointEstimator,
+    method: str,
+    batches: Iterable,
+    seed: tf.Tensor,
+    dtype: tf.DType = tf.float32,
+    progress: Callable[[int], None] | None = None,
+) -> PointEstimates:
+    """Run ``estimator(x, seed) -> (log p(x) [B], stderr [B])`` over batches; batch i uses fold_in(seed, i)."""
+    estimates, errors, done = [], [], 0
+    start = time.perf_counter()
+    for i, xb in enumerate(batches):
+        x = tf.cast(tf.convert_to_tensor(xb), dtype)
+        if int(x.shape[0]) == 0:
+            continue
+        log_marginal, stderr = estimator(x, tf.random.experimental.stateless_fold_in(seed, i))
+        estimates.append(np.asarray(log_marginal, np.float64))
+        errors.append(np.asarray(stderr, np.float64))
+        done += int(x.shape[0])
+        if progress is not None:
+            progress(done)
+    if done == 0:
+        raise DatasetError(f"{method} evaluation got no rows; check the dataset split is not empty")
+    return PointEstimates(
+        method, np.concatenate(estimates), np.concatenate(errors), time.perf_counter() - start
+    )
+
+
+def ais_evaluate(
+    model,
+    batches: Iterable,
+    seed: tf.Tensor,
+    progress: Callable[[int], None] | None = None,
+    **options,
+) -> PointEstimates:
+    """AIS over every row of ``batches`` (keep them small: cost ~ C*T*(L+2) decoder passes per row).
+
+    ``options`` go to `ais_log_marginal` (num_chains, num_steps, num_leapfrog_steps, ...).
+    """
+
+    def estimate(x: tf.Tensor, s: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        result = ais_log_marginal(model, x, s, **options)
+        return result.log_marginal, result.stderr
+
+    return evaluate_points(
+        estimate, "ais", batches, tf.convert_to_tensor(seed), model.prior().dtype, progress
+    )
+
+
 # One compiled function per mode, reused across calls (a new model or shape retraces).
 _COMPILED = {
     jit: tf.function(_ais_loop, jit_compile=jit, reduce_retracing=True) for jit in (False, True)
 }
 
 __all__ = [
+    "ais_evaluate",
+    "evaluate_points",
     "AISResult",
     "adapt_step_size",
     "ais_log_marginal",

@@ -16,13 +16,15 @@ Chains are [num_chains, batch, latent_dim]; HMC moves and step adaptation come f
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from models.ais import adapt_step_size, hmc_transition, log_joint_parts
+from models.ais import adapt_step_size, evaluate_points, hmc_transition, log_joint_parts
 from models.errors import ConfigError
+from models.metrics import PointEstimates
 
 tfd = tfp.distributions
 
@@ -35,6 +37,13 @@ class HMCEstimate(NamedTuple):
     acceptance_rate: tf.Tensor  # [B] mean acceptance probability after burn-in
     step_size: tf.Tensor  # [B] leapfrog step size after burn-in adaptation
     density: tfd.Distribution  # the fitted q(z), batch shape [B]
+
+    @property
+    def stderr(self) -> tf.Tensor:
+        """Delta-method standard error of the estimate, [B]; ignores autocorrelation (optimistic)."""
+        r = tf.exp(self.log_terms - tf.reduce_max(self.log_terms, axis=0))
+        n = tf.cast(tf.shape(r)[0], r.dtype)
+        return tf.math.reduce_std(r, axis=0) / (tf.reduce_mean(r, axis=0) * tf.sqrt(n))
 
 
 def sample_posterior(
@@ -187,7 +196,26 @@ def hmc_log_marginal(
     return HMCEstimate(estimate, log_terms, accept, eps, density)
 
 
+def hmc_evaluate(
+    model,
+    batches: Iterable,
+    seed: tf.Tensor,
+    progress: Callable[[int], None] | None = None,
+    **options,
+) -> PointEstimates:
+    """The App. D estimate for every row of ``batches``; ``options`` go to `hmc_log_marginal`."""
+
+    def estimate(x: tf.Tensor, s: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        result = hmc_log_marginal(model, x, s, **options)
+        return result.log_marginal, result.stderr
+
+    return evaluate_points(
+        estimate, "hmc", batches, tf.convert_to_tensor(seed), model.prior().dtype, progress
+    )
+
+
 __all__ = [
+    "hmc_evaluate",
     "HMCEstimate",
     "MAX_LATENT_DIM",
     "fit_gaussian",

@@ -14,6 +14,7 @@ pairwise update in float64, so the covariance criterion needs no pass over store
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -75,7 +76,32 @@ def bits_per_dim(mean_log_marginal: float, input_dim: int, quantization_step: fl
     return -log_prob / (input_dim * math.log(2.0))
 
 
+@dataclass(frozen=True)
+class PointEstimates:
+    """Per-point log p(x) estimates from AIS or the App. D estimator, each [N], in input order."""
+
+    method: str
+    log_marginal: np.ndarray
+    stderr: np.ndarray  # per-point Monte-Carlo standard error of the estimate (delta method)
+    seconds: float
+
+    @property
+    def num_points(self) -> int:
+        return int(self.log_marginal.shape[0])
+
+    def summary(self) -> dict[str, float]:
+        """Mean over points ± its standard error, keyed like `EvaluationResult.summary()`."""
+        mean, stderr = mean_and_stderr(self.log_marginal)
+        return {
+            "log_marginal_likelihood": mean,
+            "log_marginal_likelihood_stderr": stderr,
+            "num_points": float(self.num_points),
+            "seconds_per_point": self.seconds / max(self.num_points, 1),
+        }
+
+
 __all__ = [
+    "PointEstimates",
     "ACTIVE_UNIT_THRESHOLD",
     "RunningMoments",
     "active_units",

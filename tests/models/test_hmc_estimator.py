@@ -10,6 +10,7 @@ from models.config import ModelConfig
 from models.errors import ConfigError
 from models.hmc_estimator import (
     fit_gaussian,
+    hmc_evaluate,
     hmc_log_marginal,
     reciprocal_log_marginal,
     sample_posterior,
@@ -68,10 +69,26 @@ def test_appendix_d_estimate_lands_near_exact_log_marginal():
         model, x, SEED, num_chains=8, num_burnin=200, num_samples=800, num_leapfrog_steps=5
     )
     error = result.log_marginal.numpy() - model.exact_log_marginal(x).numpy()
-    assert np.all(np.abs(error) < 0.05), (
-        error
-    )  # the posterior is Gaussian: the best case for a Gaussian q
+    # The posterior is Gaussian: the best case for a Gaussian q.
+    assert np.all(np.abs(error) < 0.05), error
     assert result.log_terms.shape == (800, 4)
+    assert np.all(result.stderr.numpy() < 0.05)
+
+
+def test_hmc_evaluate_covers_every_row_of_every_batch():
+    model = lg_model()
+    x = model.sample_data(3, seed=5)
+    points = hmc_evaluate(
+        model,
+        [x[:2], x[2:]],
+        SEED,
+        num_chains=4,
+        num_burnin=100,
+        num_samples=200,
+        num_leapfrog_steps=5,
+    )
+    assert points.method == "hmc" and points.log_marginal.shape == (3,)
+    np.testing.assert_allclose(points.log_marginal, model.exact_log_marginal(x).numpy(), atol=0.1)
 
 
 def test_appendix_d_refuses_large_latent_spaces():
