@@ -33,6 +33,7 @@ VERB_MODULES: dict[str, str] = {
     "models": "flows.models_cli",
     "export": "flows.export_cli",
     "pipeline": "flows.pipeline_cli",
+    "serve": "flows.serve",
 }
 
 

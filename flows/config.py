@@ -7,6 +7,8 @@
     [evaluate]  num_samples (K), batch_size, seed, split
     [register]  model_name
     [export]    splits, batch_size
+    [pipeline]  retrain_on_unchanged, lock_timeout_seconds, retries, retry_delay_seconds,
+                task_runner ("threads" | "dask"), dask_address, workers
 
 Unknown sections or keys are errors that list the valid ones. The resolved config is logged to
 MLflow as params.
@@ -15,6 +17,7 @@ MLflow as params.
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +32,14 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
+
+
 @dataclass(frozen=True)
 class DataSection:
     source: str = "digits"
@@ -39,16 +50,33 @@ class DataSection:
     test_fraction: float = 0.1
 
     def __post_init__(self) -> None:
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise ConfigError(
+                f"data.source={self.source!r} must be a built-in name, file or folder"
+            )
+        if self.name is not None:
+            from models.errors import DatasetError
+            from tasks.datasets import validate_name
+
+            try:
+                validate_name(self.name)
+            except DatasetError as exc:
+                raise ConfigError(f"data.name: {exc}") from exc
+        if self.data_root is not None and not isinstance(self.data_root, str):
+            raise ConfigError(f"data.data_root={self.data_root!r} must be a path or URI string")
+        _check_int("data.split_seed", self.split_seed, 0)
         for f in ("valid_fraction", "test_fraction"):
             v = getattr(self, f)
-            if not isinstance(v, (int, float)) or not 0 <= v < 1:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
                 raise ConfigError(f"data.{f}={v!r} must be a number in [0, 1)")
         if self.valid_fraction + self.test_fraction >= 1:
             raise ConfigError("data.valid_fraction + data.test_fraction must be < 1")
 
     @property
     def dataset_name(self) -> str:
-        return self.name or self.source.replace("_", "-").lower()
+        from tasks.ingest import default_name
+
+        return self.name or default_name(self.source)
 
 
 @dataclass(frozen=True)
@@ -59,15 +87,25 @@ class EvaluateSection:
     split: str = C.TEST
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_samples, int) or self.num_samples < 1:
-            raise ConfigError(f"evaluate.num_samples={self.num_samples!r} must be an integer >= 1")
+        _check_int("evaluate.num_samples", self.num_samples, 1)
+        _check_int("evaluate.batch_size", self.batch_size, 1)
+        _check_int("evaluate.seed", self.seed, 0)
         if self.split not in C.SPLITS:
             raise ConfigError(f"evaluate.split={self.split!r}; choose one of {', '.join(C.SPLITS)}")
 
 
 @dataclass(frozen=True)
 class RegisterSection:
-    model_name: str | None = None
+    model_name: str | None = None  # default: aevb-<dataset>
+
+    def __post_init__(self) -> None:
+        if self.model_name is not None and (
+            not isinstance(self.model_name, str) or not _MODEL_NAME.fullmatch(self.model_name)
+        ):
+            raise ConfigError(
+                f"register.model_name={self.model_name!r}: use 1-100 characters from letters, "
+                "digits, '.', '_', '-', starting with a letter or digit"
+            )
 
 
 @dataclass(frozen=True)
@@ -76,12 +114,50 @@ class ExportSection:
     batch_size: int = 2000
 
     def __post_init__(self) -> None:
+        _check_int("export.batch_size", self.batch_size, 1)
+        if isinstance(self.splits, str) or not isinstance(self.splits, (list, tuple)):
+            raise ConfigError(f'export.splits={self.splits!r} must be a list, e.g. ["test"]')
         object.__setattr__(self, "splits", tuple(self.splits))
         bad = [s for s in self.splits if s not in C.SPLITS]
         if bad or not self.splits:
             raise ConfigError(
                 f"export.splits={list(self.splits)!r}; choose from {', '.join(C.SPLITS)}"
             )
+
+
+@dataclass(frozen=True)
+class PipelineSection:
+    """Orchestration: retraining semantics, the per-model retrain lock, retries, task runner."""
+
+    # Unchanged dataset version and config -> the run is skipped (nothing new to learn); true ->
+    # retrain from scratch anyway (a new MLflow run and model version, gated like any other).
+    retrain_on_unchanged: bool = False
+    # A second retrain of the same registered model waits this long for the first, then fails.
+    lock_timeout_seconds: float = 6 * 3600.0
+    # Retries of a stage after a transient I/O error (tracking server, object store); never
+    # after a PipelineError or any other deterministic failure.
+    retries: int = 3
+    retry_delay_seconds: float = 10.0
+    task_runner: str = "threads"
+    dask_address: str = ""  # empty: a local in-process Dask cluster when task_runner = "dask"
+    workers: int = 0  # threads (or local Dask threads); 0 = the runner's default
+
+    def __post_init__(self) -> None:
+        from tasks.fanout import check_runner
+
+        if not isinstance(self.retrain_on_unchanged, bool):
+            raise ConfigError(
+                f"pipeline.retrain_on_unchanged={self.retrain_on_unchanged!r} must be true or false"
+            )
+        for f, low in (("lock_timeout_seconds", 1.0), ("retry_delay_seconds", 0.0)):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < low:
+                raise ConfigError(f"pipeline.{f}={v!r} must be a number >= {low:g}")
+        _check_int("pipeline.retries", self.retries, 0)
+        _check_int("pipeline.workers", self.workers, 0)
+        if not isinstance(self.dask_address, str):
+            raise ConfigError(f"pipeline.dask_address={self.dask_address!r} must be a string")
+        check_runner(self.task_runner, self.dask_address or None, self.workers or None)
 
 
 @dataclass(frozen=True)
@@ -93,6 +169,7 @@ class PipelineConfig:
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     register: RegisterSection = field(default_factory=RegisterSection)
     export: ExportSection = field(default_factory=ExportSection)
+    pipeline: PipelineSection = field(default_factory=PipelineSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -105,6 +182,7 @@ SECTIONS: dict[str, type] = {
     "evaluate": EvaluateSection,
     "register": RegisterSection,
     "export": ExportSection,
+    "pipeline": PipelineSection,
 }
 # feature_shape comes from the dataset manifest, never from the user.
 _HIDDEN = {"model": {"feature_shape"}}
@@ -126,52 +204,62 @@ def parse_override(item: str) -> tuple[str, str, Any]:
         )
     dotted, raw = item.split("=", 1)
     section, key = dotted.strip().split(".", 1)
+    return section.strip(), key.strip(), _parse_value(raw)
+
+
+def _parse_value(raw: str) -> Any:
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
+        return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
-        value = raw
-    return section, key, value
+        return raw
 
 
 def load_config(
     path: str | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> PipelineConfig:
+    """Defaults <- preset <- TOML file <- `key=value` overrides, every field validated."""
     raw: dict[str, Any] = {}
+    where = "the config"
     if path:
+        where = f"--config {path}"
         try:
             with open(path, "rb") as fh:
                 raw = tomllib.load(fh)
         except FileNotFoundError as exc:
             raise ConfigError(f"--config {path}: file not found") from exc
+        except IsADirectoryError as exc:
+            raise ConfigError(f"--config {path}: is a folder, expected a TOML file") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"--config {path}: not valid TOML ({exc})") from exc
     for item in overrides:
-        if item.startswith("preset="):
-            raw["preset"] = item.split("=", 1)[1]
+        if item.split("=", 1)[0].strip() == "preset":
+            raw["preset"] = _parse_value(item.split("=", 1)[1])
             continue
         section, key, value = parse_override(item)
-        raw.setdefault(section, {})[key] = value
+        table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"config section [{section}] must be a table of key = value")
+        table[key] = value
     preset = raw.pop("preset", "default")
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ConfigError(
-            f"unknown config section(s) {unknown}; valid: preset, {', '.join(SECTIONS)}"
+            f"{where}: unknown section(s) {unknown}; valid: preset, {', '.join(SECTIONS)}"
         )
+    if not isinstance(preset, str):
+        raise ConfigError(f"{where}: preset={preset!r} must be a string")
     base = preset_overrides(preset)
     built: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
         values = dict(base.get(name, {}))
         given = raw.get(name, {})
         if not isinstance(given, dict):
-            raise ConfigError(f"config section [{name}] must be a table of key = value")
+            raise ConfigError(f"{where}: section [{name}] must be a table of key = value")
         bad = sorted(set(given) - set(valid_keys(name)))
         if bad:
             raise ConfigError(
-                f"unknown key(s) {bad} in [{name}]; valid keys: {', '.join(valid_keys(name))}"
+                f"{where}: unknown key(s) {bad} in [{name}]; valid keys: {', '.join(valid_keys(name))}"
             )
         values.update(given)
-        try:
-            built[name] = cls(**values)
-        except TypeError as exc:
-            raise ConfigError(f"[{name}]: {exc}") from exc
+        built[name] = cls(**values)
     return PipelineConfig(preset=preset, **built)
