@@ -118,6 +118,7 @@ class Curve:
     latent_dim: int
     num_train: int
     points: list[dict[str, float]] = field(default_factory=list)
+    rows: dict[str, list[float]] = field(default_factory=dict)  # per-row log p(x) at the last point
 
     def column(self, key: str) -> list[float]:
         return [p.get(key, math.nan) for p in self.points]
@@ -151,9 +152,10 @@ def train_curve(
     x_train, x_test: [N, D] float32 arrays. Each point of the curve has ``samples``, ``seconds``
     (training wall time so far), ``train_objective`` (the method's own training objective over the
     last 20 steps: the SGVB bound, the wake objective log p(x, z), or MCEM's log p(x, z) at the
-    chains), ``train_bound``/``test_bound`` (AEVB, wake-sleep) and, with
-    ``log_marginal``, ``train_log_marginal``/``test_log_marginal`` on the first
-    ``log_marginal_rows`` rows of each set. Returns (the trained model, the curve).
+    chains), ``train_bound``/``test_bound`` (AEVB, wake-sleep) and, with ``log_marginal``,
+    ``{train,test}_log_marginal`` (mean) and ``..._se`` (its standard error over rows) on the
+    first ``log_marginal_rows`` rows of each set; ``curve.rows`` keeps the per-row estimates of
+    the last budget for paired comparisons. Returns (the trained model, the curve).
     """
     cfg = train_config
     model = model or VAE(model_config, seed=cfg.seed)
@@ -187,11 +189,11 @@ def train_curve(
         if bound is not None:
             point["train_bound"], point["test_bound"] = bound(x_train), bound(x_test)
         if log_marginal is not None:
-            n = log_marginal_rows
-            point["train_log_marginal"] = float(np.mean(log_marginal(model, x_train[:n], cfg.seed)))
-            point["test_log_marginal"] = float(
-                np.mean(log_marginal(model, x_test[:n], cfg.seed + 1))
-            )
+            for split, x, offset in (("train", x_train, 0), ("test", x_test, 1)):
+                rows = np.asarray(log_marginal(model, x[:log_marginal_rows], cfg.seed + offset))
+                point[f"{split}_log_marginal"] = float(np.mean(rows))
+                point[f"{split}_log_marginal_se"] = float(np.std(rows, ddof=1) / np.sqrt(len(rows)))
+                curve.rows[split] = rows.tolist()  # per row, at the latest budget
         curve.points.append(point)
     return model, curve
 

@@ -1,7 +1,8 @@
 """Monte Carlo EM with HMC posterior sampling: the paper's batch baseline (App. E), on AEVB's decoder.
 
-There is no recognition model. Each training point i keeps a persistent Markov chain z_i whose
-stationary law is the exact posterior p_theta(z|x_i) ∝ p_theta(x_i|z) p(z). Per minibatch:
+There is no recognition model. Each training point i keeps a persistent Markov chain z_i, started
+at a draw from p(z), whose stationary law is the exact posterior p_theta(z|x_i) ∝ p_theta(x_i|z) p(z).
+Per minibatch:
 
     E step (Monte Carlo):  z_i <- HMC(z_i; target log p_theta(x_i|z) + log p(z)),
                            ``num_leapfrog_steps`` leapfrog steps per transition; one shared step size
@@ -77,7 +78,9 @@ class MCEMTrainer:
         self.variables = list(model.decoder.trainable_variables)
         self.optimizer = make_optimizer(config.optimizer, self.variables, config.learning_rate)
         k = model.config.latent_dim
-        self.chains = tf.Variable(tf.zeros([self.num_train, k]), trainable=False, name="chains")
+        # Chains start at independent prior draws (a deterministic function of train.seed).
+        init = tf.random.stateless_normal([self.num_train, k], seed=[config.seed, 17], alg="philox")
+        self.chains = tf.Variable(init, trainable=False, name="chains")
         self.log_step_size = tf.Variable(
             math.log(self.hmc.initial_step_size), trainable=False, name="log_step_size"
         )

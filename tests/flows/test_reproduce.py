@@ -8,6 +8,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -31,6 +32,8 @@ TINY = dict(
     vb_latent=2,
     vb_epochs=2,
     vb_importance=10,
+    vb_theta_draws=2,
+    jit_compile=False,  # at these sizes XLA compile time would dominate
 )
 
 
@@ -88,8 +91,11 @@ def test_claim_verdicts_follow_the_numbers():
     }
     s = summarize(results)
     assert s["claim_aevb_minus_ws_min_test_gap"] == pytest.approx(-1.0)
+    assert s["claim_aevb_minus_ws_final_min_test_gap"] == pytest.approx(-1.0)
     assert s["claim_largest_latent_minus_best_test_bound"] == pytest.approx(-2.0)
+    assert s["claim_superfluous_gap_excess"] == pytest.approx(0.0)  # both train-test gaps are 1
     assert s["claim_aevb_minus_mcem_small_n_test"] == pytest.approx(-0.5)  # the smaller N is used
+    assert math.isnan(s["claim_aevb_minus_mcem_small_n_test_se"])  # no per-row estimates given
     assert s["claim_gradvar_init_ratio_B_over_A"] == pytest.approx(0.25)
     md = render_markdown(results, quick_settings(dataset="digits"), {"fig2": 1.0})
     claims = md.split("## Claims")[1].split("## Setup")[0]
@@ -99,6 +105,27 @@ def test_claim_verdicts_follow_the_numbers():
     assert "does not hold" in lines[2] and "-0.50" in lines[2]  # MCEM ahead on the small set
     assert "**holds**" in lines[3] and "0.25" in lines[3]
     assert "does not hold" in lines[4] and "1.50" in lines[4]
+
+    # Overfitting of the largest model (train-test gap 3 vs 1) flips the regularization verdict;
+    # per-row estimates turn the MCEM comparison into a paired one with a standard error.
+    results["fig2"]["curves"][2]["points"][-1]["train_bound"] = -24.0
+    fig3 = results["fig3"]["curves"]
+    fig3[0]["rows"] = {"test": [-25.0, -27.0, -26.0]}
+    fig3[1]["rows"] = {"test": [-26.0, -27.5, -26.0]}
+    s = summarize(results)
+    assert s["claim_superfluous_gap_excess"] == pytest.approx(2.0)
+    assert s["claim_aevb_minus_mcem_small_n_test"] == pytest.approx(0.5)
+    assert s["claim_aevb_minus_mcem_small_n_test_se"] == pytest.approx(
+        np.std([1.0, 0.5, 0.0], ddof=1) / math.sqrt(3)
+    )
+    md = render_markdown(results, quick_settings(dataset="digits"), {"fig2": 1.0})
+    lines = [
+        line
+        for line in md.split("## Claims")[1].split("## Setup")[0].splitlines()
+        if line.startswith("- ")
+    ]
+    assert "does not hold" in lines[1] and "2.00" in lines[1]
+    assert "**holds**" in lines[2] and "not significant" in lines[2]
 
 
 def test_unknown_experiment_is_a_config_error():

@@ -53,6 +53,7 @@ def test_m_step_moves_only_the_decoder():
     model = _teacher()
     x = _data(model, 50, seed=2)
     mcem = MCEMTrainer(model, TrainConfig(learning_rate=0.01), num_train=50)
+    chains0 = mcem.chains.numpy().copy()
     enc0 = [v.numpy().copy() for v in model.encoder.trainable_variables]
     dec0 = [v.numpy().copy() for v in model.decoder.trainable_variables]
     out = mcem.train_step(x, tf.range(50), tf.constant([0, 0]))
@@ -65,7 +66,8 @@ def test_m_step_moves_only_the_decoder():
         for a, v in zip(dec0, model.decoder.trainable_variables, strict=True)
     )
     assert np.isfinite(float(out["log_joint"]))
-    assert not np.allclose(mcem.chains.numpy(), 0.0)  # the chains of these rows moved
+    moved = np.any(mcem.chains.numpy() != chains0, axis=1)
+    assert moved.mean() > 0.5  # the HMC move was accepted for most rows (target acceptance 0.9)
 
 
 def test_mcem_raises_exact_log_likelihood_of_data():
