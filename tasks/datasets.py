@@ -26,6 +26,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -427,8 +428,10 @@ def new_staging_name() -> str:
 
 # ----------------------------------------------------------------------------- writing
 
-ROW_GROUP_BYTES = 8 << 20  # ~8 MB of x per row group: a streaming reader holds one at a time
-FILE_BYTES = 256 << 20  # a new part file every ~256 MB of x
+ROW_GROUP_BYTES = 4 << 20  # ~4 MB of x per row group: a streaming reader holds one at a time
+FILE_BYTES = 16 << 20  # ~16 MB of x per part file: the unit of parallel encoding
+WRITE_THREADS = 2
+COMPRESSION = "snappy"
 
 
 def _fault_point(point: str) -> None:
@@ -486,7 +489,9 @@ def check_chunk(split: str, ids: Sequence[str], x: np.ndarray, dim: int, dtype: 
 class DatasetWriter:
     """Streams chunks of rows into a staged new version and publishes it atomically on commit.
 
-    Use as a context manager: leaving with an exception (or calling ``abort``) removes the stage.
+    Rows are cut into part files of ``rows_per_file`` that up to ``WRITE_THREADS`` threads encode
+    at once (Parquet encoding releases the GIL); at most that many files are in flight, so memory
+    stays bounded. Use as a context manager: an exception (or ``abort``) removes the stage.
     """
 
     def __init__(
@@ -502,29 +507,31 @@ class DatasetWriter:
         label_names: Sequence[str] = (),
         row_group_rows: int | None = None,
         rows_per_file: int | None = None,
+        version: str | None = None,
     ):
+        """``version``: the content hash when the caller already computed it (skips hashing)."""
         if storage_dtype not in STORAGE_DTYPES:
             raise DatasetError(f"storage dtype {storage_dtype!r} must be one of {STORAGE_DTYPES}")
-        self.root = resolve_data_root(data_root)
-        self.name = validate_name(name)
+        self.root, self.name = resolve_data_root(data_root), validate_name(name)
         self.shape = tuple(int(d) for d in feature_shape)
         self.dim, self.dtype, self.scale = math.prod(self.shape), storage_dtype, float(scale)
         self.split_seed, self.source, self.label_names = int(split_seed), source, tuple(label_names)
         row_bytes = self.dim * np.dtype(storage_dtype).itemsize
         self.row_group_rows = row_group_rows or int(
-            np.clip(ROW_GROUP_BYTES // row_bytes, 1024, 65536)
+            np.clip(ROW_GROUP_BYTES // row_bytes, 256, 65536)
         )
-        self.rows_per_file = rows_per_file or max(
-            1, FILE_BYTES // (row_bytes * self.row_group_rows)
-        )
-        self.rows_per_file *= 1 if rows_per_file else self.row_group_rows
+        groups_per_file = max(1, FILE_BYTES // (row_bytes * self.row_group_rows))
+        self.rows_per_file = rows_per_file or groups_per_file * self.row_group_rows
         self.base = dataset_dir(self.root, self.name)
         self.stage = _join(self.base, new_staging_name())
-        self.hasher = ContentHasher()
+        self.hasher = None if version else ContentHasher()
+        self._version = version
         self.rows = dict.fromkeys(SPLITS, 0)
         self._lo, self._hi = math.inf, -math.inf
         self._pending: dict[str, list[pa.Table]] = {s: [] for s in SPLITS}
-        self._files: dict[str, tuple[pq.ParquetWriter, int, int]] = {}  # writer, index, rows
+        self._next_file = dict.fromkeys(SPLITS, 0)
+        self._pool: ThreadPoolExecutor | None = None  # started on the first part file
+        self._inflight: list[Future] = []
         self._fs = _arrow_fs(self.root)
         value_type = pa.uint8() if storage_dtype == "uint8" else pa.float32()
         self.schema = pa.schema(
@@ -551,66 +558,57 @@ class DatasetWriter:
         lab = as_labels(labels, len(ids))
         if not len(ids):
             return
-        self.hasher.update(split, ids, x, lab)
+        if self.hasher is not None:
+            self.hasher.update(split, ids, x, lab)
         self.rows[split] += len(ids)
         self._lo, self._hi = min(self._lo, float(x.min())), max(self._hi, float(x.max()))
-        values = pa.array(x.reshape(-1))
-        table = pa.table(
-            [
-                pa.array([str(i) for i in ids], pa.string()),
-                pa.FixedSizeListArray.from_arrays(values, self.dim),
-                pa.array(np.ma.getdata(lab), pa.int64(), mask=np.ma.getmaskarray(lab)),
-            ],
-            schema=self.schema,
-        )
-        self._pending[split].append(table)
-        if sum(t.num_rows for t in self._pending[split]) >= self.row_group_rows:
+        columns = [
+            pa.array([str(i) for i in ids], pa.string()),
+            pa.FixedSizeListArray.from_arrays(
+                pa.array(x.reshape(-1)), type=self.schema.field(COL_X).type
+            ),
+            pa.array(np.ma.getdata(lab), pa.int64(), mask=np.ma.getmaskarray(lab)),
+        ]
+        self._pending[split].append(pa.table(columns, schema=self.schema))
+        if sum(t.num_rows for t in self._pending[split]) >= self.rows_per_file:
             self._flush(split, final=False)
 
     def _flush(self, split: str, *, final: bool) -> None:
         if not self._pending[split]:
             return
-        table = pa.concat_tables(self._pending[split]).combine_chunks()
-        cut = (
-            table.num_rows if final else table.num_rows // self.row_group_rows * self.row_group_rows
-        )
-        rest = table.slice(cut)
-        self._pending[split] = [rest] if rest.num_rows else []
-        table = table.slice(0, cut)
-        while table.num_rows:
-            writer, index, rows = self._file_for(split)
-            take = min(table.num_rows, self.rows_per_file - rows)
-            writer.write_table(table.slice(0, take), row_group_size=self.row_group_rows)
-            self._files[split] = (writer, index, rows + take)
-            table = table.slice(take)
-            if rows + take >= self.rows_per_file:
-                self._close_file(split)
+        table = pa.concat_tables(self._pending[split])
+        while table.num_rows >= self.rows_per_file or (final and table.num_rows):
+            self._submit(split, table.slice(0, self.rows_per_file).combine_chunks())
+            table = table.slice(self.rows_per_file)
+        self._pending[split] = [table] if table.num_rows else []
 
-    def _file_for(self, split: str) -> tuple[pq.ParquetWriter, int, int]:
-        if split not in self._files:
-            index = getattr(self, f"_next_{split}", 0)
-            setattr(self, f"_next_{split}", index + 1)
-            folder = _join(self.stage, f"split={split}")
-            _makedirs(folder)
-            path = _strip(_join(folder, f"part-{index:05d}.parquet"))
-            writer = pq.ParquetWriter(
-                path, self.schema, filesystem=self._fs, compression="snappy",
-                use_dictionary=[COL_LABEL], write_statistics=[COL_LABEL],
-            )  # fmt: skip
-            self._files[split] = (writer, index, 0)
-        return self._files[split]
+    def _submit(self, split: str, table: pa.Table) -> None:
+        while len(self._inflight) >= WRITE_THREADS:  # bound memory: wait for the oldest file
+            self._inflight.pop(0).result()
+        folder = _join(self.stage, f"split={split}")
+        _makedirs(folder)
+        path = _strip(_join(folder, f"part-{self._next_file[split]:05d}.parquet"))
+        self._next_file[split] += 1
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="aevb-parquet")
+        self._inflight.append(self._pool.submit(self._write_file, path, table))
 
-    def _close_file(self, split: str) -> None:
-        writer, _, _ = self._files.pop(split)
-        writer.close()
+    def _write_file(self, path: str, table: pa.Table) -> None:
+        pq.write_table(
+            table, path, filesystem=self._fs, row_group_size=self.row_group_rows,
+            compression=COMPRESSION, use_dictionary=[COL_LABEL], write_statistics=[COL_LABEL],
+        )  # fmt: skip
         _fault_point("after_part")
 
     def finish_version(self) -> str:
+        """Write what is pending, wait for every file, and return the content hash."""
         for split in SPLITS:
             self._flush(split, final=True)
-            if split in self._files:
-                self._close_file(split)
-        return self.hasher.version(self.meta())
+        while self._inflight:
+            self._inflight.pop(0).result()
+        if self._pool is not None:
+            self._pool.shutdown()
+        return self._version or self.hasher.version(self.meta())
 
     def commit(self) -> IngestResult:
         """Publish the staged version (or drop it if identical content exists) and move CURRENT."""
@@ -652,9 +650,8 @@ class DatasetWriter:
             _rmtree(self.stage)
 
     def abort(self) -> None:
-        for split in list(self._files):
-            with contextlib.suppress(Exception):  # the stage is removed anyway
-                self._files.pop(split)[0].close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         _rmtree(self.stage)
 
     def __enter__(self) -> DatasetWriter:

@@ -24,6 +24,7 @@ from tasks.datasets import (
     ContentHasher,
     DatasetWriter,
     IngestResult,
+    as_labels,
     check_chunk,
     current_version,
     list_datasets,
@@ -108,24 +109,23 @@ def write_source(
     root = resolve_data_root(data_root)
     splits = assign_splits(len(data.x), data.fixed_split, split_seed, valid_fraction, test_fraction)
     source = {**data.source_record(), "cache_key": cache_key}
-    writer = DatasetWriter(
-        root, name, feature_shape=data.feature_shape, storage_dtype=data.x.dtype.name,
-        scale=data.scale, split_seed=split_seed, source=source, label_names=data.label_names,
+    spec = dict(
+        feature_shape=data.feature_shape, storage_dtype=data.x.dtype.name, scale=data.scale,
+        split_seed=split_seed, source=source, label_names=data.label_names,
     )  # fmt: skip
+    probe = DatasetWriter(root, name, **spec)  # nothing is written until rows arrive
     hasher = ContentHasher()
     for split in SPLITS:
-        for ids, x, labels in _chunks(data, splits[split], writer.row_group_rows):
-            x = check_chunk(split, ids, x, writer.dim, writer.dtype)
-            hasher.update(
-                split, ids, x, np.ma.masked_all(len(ids), np.int64) if labels is None else labels
-            )
-    version = hasher.version(writer.meta())
+        for ids, x, labels in _chunks(data, splits[split], probe.rows_per_file):
+            x = check_chunk(split, ids, x, probe.dim, probe.dtype)
+            hasher.update(split, ids, x, as_labels(labels, len(ids)))
+    version = hasher.version(probe.meta())
     if version in list_versions(root, name):
         set_current(root, name, version)
         return IngestResult(name, version, version_dir(root, name, version), created=False)
-    with writer:
+    with DatasetWriter(root, name, **spec, version=version) as writer:
         for split in SPLITS:
-            for ids, x, labels in _chunks(data, splits[split], writer.row_group_rows):
+            for ids, x, labels in _chunks(data, splits[split], writer.rows_per_file):
                 writer.write(split, ids, x, labels)
         return writer.commit()
 

@@ -14,24 +14,48 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import tensorflow as tf
 
-from models.constants import COL_ID, COL_LABEL, COL_X
+from models.constants import COL_X
 from models.errors import DatasetError
 from tasks.datasets import (
     DatasetManifest,
     _open_parquet,
-    batch_to_numpy,
     load_manifest,
     read_split_storage,
+    resolve_data_root,
     split_files,
 )
 
 IN_MEMORY_MAX_BYTES = 256 << 20  # storage bytes of a split below which the fast path is used
+STREAM_BLOCK_ROWS = 4096  # rows per block handed to TensorFlow when not shuffling
+_CACHE_MAX_BYTES = 2 * IN_MEMORY_MAX_BYTES  # in-memory splits kept between calls (one per epoch)
+_cache: OrderedDict[tuple[str, str, str, str], np.ndarray] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _in_memory_split(data_root: str | None, manifest: DatasetManifest, split: str) -> np.ndarray:
+    """The split's x in storage dtype, read once and kept (LRU, bounded) for later epochs."""
+    key = (resolve_data_root(data_root), manifest.name, manifest.version, split)
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    x = read_split_storage(data_root, manifest, split)[1]
+    x.setflags(write=False)
+    with _cache_lock:
+        _cache[key] = x
+        while sum(a.nbytes for a in _cache.values()) > _CACHE_MAX_BYTES and len(_cache) > 1:
+            _cache.popitem(last=False)
+    return x
 
 
 def _rng(seed: int, epoch: int) -> np.random.Generator:
@@ -46,32 +70,67 @@ def _row_groups(files: list[str]) -> list[tuple[str, int]]:
     return units
 
 
+def x_storage(table: pa.Table | pa.RecordBatch, manifest: DatasetManifest) -> np.ndarray:
+    """The x column as a [rows, D] array of the storage dtype (no ids/labels decoded)."""
+    col = table.column(COL_X)
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    flat = [c.flatten().to_numpy(zero_copy_only=False) for c in chunks]
+    values = flat[0] if len(flat) == 1 else np.concatenate(flat)
+    return values.astype(manifest.storage_dtype, copy=False).reshape(-1, manifest.input_dim)
+
+
 def stream_storage_rows(
-    manifest: DatasetManifest, order: list[tuple[str, int]]
+    manifest: DatasetManifest, order: list[tuple[str, int]], read_ahead: int = 2
 ) -> Iterator[np.ndarray]:
-    """x (storage dtype, [rows, D]) of each row group in ``order``, one group in memory at a time."""
-    with contextlib.ExitStack() as stack:
-        current, pf = None, None
-        for path, group in order:
-            if path != current:
-                stack.close()
-                pf, current = stack.enter_context(_open_parquet(path)), path
-            table: pa.Table = pf.read_row_group(group, columns=[COL_ID, COL_X, COL_LABEL])
-            yield batch_to_numpy(table, manifest)[1]
+    """x (storage dtype, [rows, D]) of each row group in ``order``.
+
+    One reader thread decodes up to ``read_ahead`` row groups ahead (Parquet decoding releases the
+    GIL, so it overlaps with the consumer); at most read_ahead + 1 groups are in memory.
+    """
+    handles: dict[str, tuple[contextlib.AbstractContextManager, pq.ParquetFile]] = {}
+
+    def read(path: str, group: int) -> np.ndarray:  # runs only in the reader thread
+        if path not in handles:
+            for ctx, _ in handles.values():
+                ctx.__exit__(None, None, None)
+            handles.clear()
+            ctx = _open_parquet(path)
+            handles[path] = (ctx, ctx.__enter__())
+        return x_storage(
+            handles[path][1].read_row_group(group, columns=[COL_X], use_threads=False), manifest
+        )
+
+    with ThreadPoolExecutor(1, thread_name_prefix="aevb-parquet-read") as pool:
+        try:
+            pending = [pool.submit(read, *unit) for unit in order[:read_ahead]]
+            for unit in order[read_ahead:]:
+                chunk = pending.pop(0).result()
+                pending.append(pool.submit(read, *unit))
+                yield chunk
+            for future in pending:
+                yield future.result()
+        finally:
+            pool.submit(
+                lambda: [ctx.__exit__(None, None, None) for ctx, _ in handles.values()]
+            ).result()
 
 
-def _batches(
+def _pools(
     chunks: Iterator[np.ndarray],
     batch_size: int,
     *,
     rng: np.random.Generator | None,
     pool_rows: int,
-    drop_remainder: bool,
 ) -> Iterator[np.ndarray]:
-    """Re-batch row chunks to ``batch_size``; with ``rng``, shuffle within pools of >= pool_rows."""
+    """Regroup row chunks into blocks of >= ``pool_rows`` rows whose length is a multiple of
+    ``batch_size`` (the last block takes the rest); with ``rng`` each block is shuffled.
+
+    Blocks, not single batches, cross into TensorFlow: per-element `from_generator` overhead is
+    paid a few times per epoch instead of once per batch; `rebatch` then cuts them in C++.
+    """
     pool: list[np.ndarray] = []
     pooled = 0
-    target = max(pool_rows, batch_size) if rng is not None else batch_size
+    target = max(pool_rows, batch_size)
     for chunk in chunks:
         pool.append(chunk)
         pooled += len(chunk)
@@ -81,17 +140,11 @@ def _batches(
         if rng is not None:
             rows = rows[rng.permutation(len(rows))]
         full = len(rows) // batch_size * batch_size
-        for start in range(0, full, batch_size):
-            yield rows[start : start + batch_size]
+        yield rows[:full]
         pool, pooled = ([rows[full:]], len(rows) - full) if full < len(rows) else ([], 0)
     if pooled:
         rows = np.concatenate(pool) if len(pool) > 1 else pool[0]
-        if rng is not None:
-            rows = rows[rng.permutation(len(rows))]
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            if len(batch) == batch_size or not drop_remainder:
-                yield batch
+        yield rows[rng.permutation(len(rows))] if rng is not None else rows
 
 
 def make_tf_dataset(
@@ -115,26 +168,26 @@ def make_tf_dataset(
     dim, dtype = manifest.input_dim, np.dtype(manifest.storage_dtype)
     if in_memory is None:
         in_memory = manifest.rows.get(split, 0) * dim * dtype.itemsize <= IN_MEMORY_MAX_BYTES
-    rng = _rng(seed, epoch) if shuffle else None
     if in_memory:
-        x = read_split_storage(data_root, manifest, split)[1]
-        if rng is not None:
-            x = x[rng.permutation(len(x))]
+        x = _in_memory_split(data_root, manifest, split)
+        if shuffle:
+            x = x[_rng(seed, epoch).permutation(len(x))]
         ds = tf.data.Dataset.from_tensor_slices(x).batch(batch_size, drop_remainder=drop_remainder)
     else:
         files = split_files(data_root, manifest.name, manifest.version, split)
 
         def generate() -> Iterator[np.ndarray]:
+            rng = _rng(seed, epoch) if shuffle else None  # fresh per pass: same order every time
             order = _row_groups(files)
             if rng is not None:
                 order = [order[i] for i in rng.permutation(len(order))]
             chunks = stream_storage_rows(manifest, order)
-            yield from _batches(
-                chunks, batch_size, rng=rng, pool_rows=shuffle_buffer, drop_remainder=drop_remainder
-            )
+            pool_rows = shuffle_buffer if shuffle else STREAM_BLOCK_ROWS
+            yield from _pools(chunks, batch_size, rng=rng, pool_rows=pool_rows)
 
-        spec = tf.TensorSpec([batch_size if drop_remainder else None, dim], tf.as_dtype(dtype))
+        spec = tf.TensorSpec([None, dim], tf.as_dtype(dtype))
         ds = tf.data.Dataset.from_generator(generate, output_signature=spec)
+        ds = ds.rebatch(batch_size, drop_remainder=drop_remainder)
     scale = tf.constant(manifest.scale, tf.float32)
     ds = ds.map(lambda b: tf.cast(b, tf.float32) * scale, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(2)

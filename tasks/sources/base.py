@@ -47,13 +47,28 @@ class SourceData:
         return {"kind": self.kind, "uri": self.uri, "sha256": self.sha256, "options": self.options}
 
 
-def sha256_files(paths: list[str]) -> str:
-    """sha256 over the files' bytes in the given order (names are not part of it)."""
-    h = hashlib.sha256()
-    for path in paths:
+_FILE_DIGESTS: dict[tuple[str, int, int], bytes] = {}  # (path, size, mtime_ns) -> digest
+
+
+def _file_digest(path: str) -> bytes:
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_DIGESTS:  # the cache key and the ingest both hash the same files
+        h = hashlib.sha256()
         with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
+        _FILE_DIGESTS[key] = h.digest()
+    return _FILE_DIGESTS[key]
+
+
+def sha256_files(paths: list[str]) -> str:
+    """sha256 over the files' bytes in the given order (names are not part of it)."""
+    if len(paths) == 1:
+        return _file_digest(paths[0]).hex()
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(_file_digest(path))
     return h.hexdigest()
 
 

@@ -89,7 +89,7 @@ def test_drop_remainder(root: str, in_memory: bool) -> None:
 
 
 def test_streaming_look_ahead_is_bounded_by_the_buffer() -> None:
-    """The batcher pulls at most buffer + one chunk of rows before yielding a batch."""
+    """The shuffler pulls at most buffer + one chunk of rows before handing out a block."""
     pulled = []
 
     def chunks():
@@ -97,12 +97,20 @@ def test_streaming_look_ahead_is_bounded_by_the_buffer() -> None:
             pulled.append(k)
             yield np.full((50, 2), k, np.uint8)
 
-    rng = np.random.default_rng(0)
-    gen = streaming._batches(chunks(), 32, rng=rng, pool_rows=400, drop_remainder=False)
-    next(gen)
-    assert len(pulled) * 50 <= 400 + 50
-    rows = sum(len(b) for b in gen) + 32
-    assert rows == 100 * 50
+    gen = streaming._pools(chunks(), 32, rng=np.random.default_rng(0), pool_rows=400)
+    first = next(gen)
+    assert len(pulled) * 50 <= 400 + 50 and len(first) % 32 == 0 and len(first) >= 400 - 32
+    blocks = [first, *gen]
+    assert all(len(b) <= 400 + 50 + 32 for b in blocks)
+    assert sum(len(b) for b in blocks) == 100 * 50
+
+
+def test_a_dataset_iterated_twice_repeats_its_order(root: str) -> None:
+    for in_memory in (True, False):
+        d = ds.make_tf_dataset(
+            root, "rows", None, "train", 100, shuffle=True, seed=3, in_memory=in_memory
+        )
+        np.testing.assert_array_equal(_collect(d), _collect(d))
 
 
 def test_float32_storage_streams_unchanged(tmp_path) -> None:

@@ -1,0 +1,180 @@
+"""Ingest and input-pipeline benchmark (issue 4): prints numbers, asserts nothing.
+
+1. Fashion-MNIST IDX -> Parquet dataset, MB/s of decoded pixels (70,000 x 784 uint8 = 54.9 MB).
+   Uses /usr/share/datasets/fashion-mnist when present, else synthetic IDX files of the same size.
+2. One shuffled training epoch through make_tf_dataset, examples/s: streaming vs in-memory.
+3. Peak RSS (ru_maxrss) of a fresh process streaming one shuffled epoch of a synthetic
+   1,000,000 x 784 uint8 dataset vs a 60,000-row one (same code path, in_memory=False).
+
+Usage: python bench/ingest_throughput.py [--workdir DIR] [--big-rows 1000000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import numpy as np  # noqa: E402
+
+from tasks import datasets as ds  # noqa: E402
+from tasks.ingest import ingest  # noqa: E402
+from tasks.sources.builtin import FASHION_MNIST_DIR  # noqa: E402
+from tasks.sources.idx import write_idx  # noqa: E402
+
+PIXELS = 28 * 28
+
+
+def synthetic_images(n: int, seed: int) -> np.ndarray:
+    """Fashion-MNIST-like uint8 images: a bright blob on a zero background (about half zeros)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:28, 0:28]
+    out = np.empty((n, 28, 28), np.uint8)
+    for start in range(0, n, 10_000):
+        m = min(10_000, n - start)
+        cy, cx = rng.uniform(10, 18, (2, m, 1, 1))
+        ry, rx = rng.uniform(6, 12, (2, m, 1, 1))
+        inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+        texture = rng.integers(60, 256, (m, 28, 28))
+        out[start : start + m] = np.where(inside, texture, 0)
+    return out
+
+
+def fashion_source(workdir: str) -> tuple[str, str]:
+    if os.path.isdir(FASHION_MNIST_DIR):
+        return FASHION_MNIST_DIR, "real Fashion-MNIST"
+    folder = os.path.join(workdir, "fashion-synthetic")
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+        rng = np.random.default_rng(0)
+        for prefix, n in (("train", 60_000), ("t10k", 10_000)):
+            write_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte"), synthetic_images(n, len(prefix)))
+            write_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte"), rng.integers(0, 10, n).astype(np.uint8))
+            for kind in ("images-idx3", "labels-idx1"):  # gzip like the distributed files
+                raw = os.path.join(folder, f"{prefix}-{kind}-ubyte")
+                with open(raw, "rb") as src, gzip.open(raw + ".gz", "wb", compresslevel=6) as dst:
+                    shutil.copyfileobj(src, dst)
+                os.remove(raw)
+    return folder, "synthetic Fashion-MNIST-sized IDX (real files not installed)"
+
+
+def bench_ingest(workdir: str, repeats: int) -> str:
+    folder, what = fashion_source(workdir)
+    mb = 70_000 * PIXELS / 1e6
+    times = []
+    for r in range(repeats):
+        root = os.path.join(workdir, f"ingest-root-{r}")
+        shutil.rmtree(root, ignore_errors=True)
+        t = time.perf_counter()
+        ingest(folder, "fashion", root)
+        times.append(time.perf_counter() - t)
+    best, median = min(times), float(np.median(times))
+    print(f"[1] IDX -> Parquet ({what}): {mb:.1f} MB decoded pixels")
+    print(f"    best {best:.2f} s = {mb / best:.0f} MB/s; median {median:.2f} s = {mb / median:.0f} MB/s (target >= 200)")
+    return os.path.join(workdir, "ingest-root-0")
+
+
+def epoch_rate(root: str, name: str, in_memory: bool, epochs: int = 3, batch: int = 100) -> float:
+    """Examples/s of the best of ``epochs`` shuffled epochs (the first includes warm-up)."""
+    rates = []
+    for epoch in range(epochs):
+        d = ds.make_tf_dataset(root, name, None, "train", batch, shuffle=True, seed=0, epoch=epoch, in_memory=in_memory)
+        t, n = time.perf_counter(), 0
+        for b in d:
+            n += int(b.shape[0])
+        rates.append(n / (time.perf_counter() - t))
+    return max(rates)
+
+
+def bench_streaming(root: str) -> None:
+    rows = ds.load_manifest(root, "fashion").rows["train"]
+    mem = epoch_rate(root, "fashion", in_memory=True)
+    stream = epoch_rate(root, "fashion", in_memory=False)
+    print(f"[2] one shuffled epoch, {rows} x 784, batch 100 (float32 model inputs out of tf.data)")
+    print(f"    in-memory {mem:,.0f} ex/s; streaming {stream:,.0f} ex/s = {stream / mem:.0%} of in-memory (target >= 90%)")
+
+
+def write_big(root: str, name: str, rows: int) -> None:
+    """A synthetic rows x 784 uint8 dataset written chunk by chunk (never all in memory)."""
+    if ds.current_version(root, name):
+        return
+    writer = ds.DatasetWriter(
+        root, name, feature_shape=(28, 28), storage_dtype="uint8", scale=1 / 255, split_seed=0,
+        source={"kind": "synthetic", "rows": rows},
+    )  # fmt: skip
+    with writer:
+        for start in range(0, rows, 20_000):
+            m = min(20_000, rows - start)
+            ids = [f"s{k:07d}" for k in range(start, start + m)]
+            writer.write("train", ids, synthetic_images(m, start), None)
+        writer.commit()
+
+
+RSS_CHILD = """
+import os, resource, sys, time, json
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+sys.path.insert(0, {repo!r})
+from tasks import datasets as ds
+import tensorflow as tf
+d = ds.make_tf_dataset({root!r}, {name!r}, None, "train", 100, shuffle=True, in_memory=False)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t, n = time.perf_counter(), 0
+for b in d:
+    n += int(b.shape[0])
+elapsed = time.perf_counter() - t
+print(json.dumps({{"rows": n, "seconds": elapsed, "rss_before_kb": before,
+                  "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
+"""
+
+
+def bench_rss(workdir: str, big_rows: int) -> None:
+    root = os.path.join(workdir, "rss-root")
+    t = time.perf_counter()
+    for name, rows in (("small", 60_000), ("big", big_rows)):
+        write_big(root, name, rows)
+    print(f"[3] peak RSS streaming one shuffled epoch (datasets written chunked in {time.perf_counter() - t:.0f} s)")
+    results = {}
+    for name in ("small", "big"):
+        code = RSS_CHILD.format(repo=REPO, root=root, name=name)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        results[name] = r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(
+            f"    {r['rows']:>9,} rows: peak RSS {r['peak_rss_kb'] / 1024:.0f} MB "
+            f"(after TF import + pipeline build {r['rss_before_kb'] / 1024:.0f} MB), "
+            f"{r['rows'] / r['seconds']:,.0f} ex/s"
+        )
+    ratio = results["big"]["peak_rss_kb"] / results["small"]["peak_rss_kb"]
+    print(f"    big/small peak RSS = {ratio:.3f} (target <= 1.10)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", help="keep generated files here (default: a temp dir, removed)")
+    parser.add_argument("--big-rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-rss", action="store_true")
+    args = parser.parse_args()
+    workdir = args.workdir or tempfile.mkdtemp(prefix="aevb-bench-ingest-")
+    os.makedirs(workdir, exist_ok=True)
+    try:
+        root = bench_ingest(workdir, args.repeats)
+        bench_streaming(root)
+        if not args.skip_rss:
+            bench_rss(workdir, args.big_rows)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
