@@ -61,7 +61,7 @@ class TrainResult:
 class Trainer:
     """Owns the optimiser, the compiled steps and the checkpointable state for one model."""
 
-    def __init__(self, model, config: TrainConfig, num_train: int):
+    def __init__(self, model: tf.Module, config: TrainConfig, num_train: int):
         check_estimator(config.estimator)
         if num_train < 1:
             raise ModelError(
@@ -186,6 +186,11 @@ class Trainer:
                     step=global_step,
                 )
         seconds = time.perf_counter() - start
+        if int(self._sums[3].numpy()) == 0:
+            raise ModelError(
+                f"epoch {epoch}: the training data yielded no batches; make_train_data(epoch) must "
+                "return a non-empty dataset of [batch, D] float32 tensors"
+            )
         mean_elbo, mean_kl, mean_rec, n = self._read_sums()
         return {
             C.TRAIN_ELBO: mean_elbo,
@@ -253,7 +258,7 @@ class Trainer:
 
 
 def fit(
-    model,
+    model: tf.Module,
     make_train_data: Callable[[int], tf.data.Dataset],
     valid_data: tf.data.Dataset | None,
     num_train: int,

@@ -315,3 +315,9 @@ def test_non_finite_validation_bound_stops_training():
     with pytest.raises(TrainingDivergedError, match="validation ELBO is nan after epoch 1") as info:
         fit(VAE(MODEL, seed=0), train_data(), valid_data(bad_valid), 100, TRAIN)
     assert info.value.epoch == 1
+
+
+def test_empty_training_data_is_a_clear_error():
+    empty = lambda epoch: tf.data.Dataset.from_tensor_slices(X_TRAIN[:0]).batch(20)  # noqa: E731
+    with pytest.raises(ModelError, match="epoch 1: the training data yielded no batches"):
+        fit(VAE(MODEL, seed=0), empty, None, 100, TRAIN)
