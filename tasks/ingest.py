@@ -9,6 +9,7 @@ written). CLI helpers at the bottom let the integrator wire `aevb ingest` and `a
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import re
@@ -16,7 +17,6 @@ import uuid
 from typing import Any
 
 import numpy as np
-from prefect import task
 
 from models.constants import SPLITS, TEST, TRAIN, VALID
 from models.errors import ConfigError, DatasetError
@@ -197,20 +197,35 @@ def ingest_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
     return key
 
 
-ingest_task = task(
-    ingest,
-    name="ingest",
-    cache_key_fn=ingest_cache_key,
-    persist_result=True,
-    result_serializer="json",  # no pickle in what we write (DESIGN.md "Security")
-)
+ingest_task: Any  # the Prefect task of `ingest`, created on first access (see __getattr__)
+
+
+@functools.cache
+def _make_ingest_task() -> Any:
+    from prefect import task
+
+    return task(
+        ingest,
+        name="ingest",
+        cache_key_fn=ingest_cache_key,
+        persist_result=True,
+        result_serializer="json",  # no pickle in what we write (DESIGN.md "Security")
+    )
+
+
+def __getattr__(attr: str) -> Any:
+    """``ingest_task`` is built on first access, so the plain function and `aevb datasets` do not
+    pay Prefect's multi-second import; ``from tasks.ingest import ingest_task`` works as usual."""
+    if attr == "ingest_task":
+        return _make_ingest_task()
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
 def run_ingest_task(
     source: str, name: str | None = None, data_root: str | None = None, **kwargs: Any
 ) -> IngestResult:
     """Call ``ingest_task`` inside a flow; a cache hit comes back with ``created=False``."""
-    state = ingest_task(source, name, data_root, return_state=True, **kwargs)
+    state = _make_ingest_task()(source, name, data_root, return_state=True, **kwargs)
     result: IngestResult = state.result()
     if state.name == "Cached" and result.created:
         result = IngestResult(result.name, result.version, result.path, created=False)
