@@ -1,0 +1,337 @@
+"""Evaluation I/O: stream a split through the log p(x) estimators, per-point Parquet, Prefect artifacts.
+
+The math lives in models/ (`marginal.evaluate_dataset` for importance sampling, `ais.ais_evaluate`,
+`hmc_estimator.hmc_evaluate`). This module feeds them a dataset split in stored order while keeping
+each row's id and label, turns the results into
+
+- a per-point table (`id`, `split`, `label`, `log_marginal`, `log_marginal_stderr`, and per method
+  `elbo_a`, `elbo_b`, `kl`, `reconstruction`, `ess` for IS, or `is_log_marginal` for AIS/HMC),
+  written atomically as Parquet with the provenance in key-value metadata and logged to the
+  model's MLflow run under `evaluation/`;
+- metrics under the DESIGN names: IS as `<split>_<quantity>` (e.g. `test_log_marginal_likelihood`),
+  AIS/HMC as `<split>_<method>_<quantity>` so a cross-check never overwrites the IS numbers;
+- a Prefect table artifact summarising the numbers, and progress lines (rows, samples/s, ETA)
+  plus a Prefect progress artifact while a long evaluation runs.
+
+AIS and the Appendix D estimator run on the first ``max_points`` rows of the split and also compute
+the IS estimate on the same rows, so the two can be compared point by point.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from models import constants as C
+from models.errors import ConfigError
+from tasks import datasets, tracking
+from tasks.logs import logger
+
+Method = Literal["is", "ais", "hmc"]
+METHODS: tuple[str, ...] = ("is", "ais", "hmc")
+ARTIFACT_DIR = "evaluation"
+DEFAULT_MAX_POINTS = {"is": None, "ais": 20, "hmc": 20}
+_IS_COLUMNS = ("elbo_a", "elbo_b", "kl", "reconstruction", "ess")
+
+
+@dataclass(frozen=True)
+class SplitEvaluation:
+    """Per-point arrays (each [N], stored order) and the dataset-level summary of one evaluation."""
+
+    method: str
+    split: str
+    num_samples: int
+    ids: np.ndarray
+    labels: np.ndarray  # int64, -1 where the dataset has no label
+    per_point: dict[str, np.ndarray]
+    summary: dict[str, float]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """Metric names for MLflow: `<split>_<q>` for IS, `<split>_<method>_<q>` for AIS/HMC."""
+        prefix = "" if self.method == "is" else f"{self.method}_"
+        return {C.metric_key(self.split, prefix + k): float(v) for k, v in self.summary.items()}
+
+
+class ProgressLogger:
+    """`progress(done_rows)` callback: a log line at most every ``every_seconds`` and a Prefect progress bar."""
+
+    def __init__(
+        self, total: int, label: str, samples_per_row: int = 1, every_seconds: float = 10.0
+    ):
+        self.total, self.label, self.samples_per_row = max(int(total), 1), label, samples_per_row
+        self.every_seconds = every_seconds
+        self.start = self.last = time.perf_counter()
+        self.log = logger()
+        self.artifact_id = _prefect_progress_artifact(label)
+
+    def __call__(self, done: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every_seconds and done < self.total:
+            return
+        self.last = now
+        elapsed = max(now - self.start, 1e-9)
+        eta = (self.total - done) * elapsed / max(done, 1)
+        if self.samples_per_row > 1:
+            rate = f"{done * self.samples_per_row / elapsed:,.0f} samples/s"
+        else:
+            rate = f"{done / elapsed:.2f} rows/s"
+        pct = 100.0 * done / self.total
+        self.log.info(
+            "%s: %d/%d rows (%.0f%%), %s, ETA %.0f s", self.label, done, self.total, pct, rate, eta
+        )
+        if self.artifact_id is not None:
+            from prefect.artifacts import update_progress_artifact
+
+            update_progress_artifact(
+                self.artifact_id, progress=min(100.0, 100.0 * done / self.total)
+            )
+
+
+def _in_prefect_run() -> bool:
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def _prefect_progress_artifact(label: str) -> Any:
+    if not _in_prefect_run():
+        return None
+    from prefect.artifacts import create_progress_artifact
+
+    return create_progress_artifact(progress=0.0, description=label)
+
+
+def stream_split(
+    data_root: str,
+    manifest: datasets.DatasetManifest,
+    split: str,
+    batch_size: int,
+    max_points: int | None,
+    ids: list,
+    labels: list,
+) -> Iterator[np.ndarray]:
+    """Yield x [B, D] float32 in stored order, appending each batch's ids and labels to the lists."""
+    remaining = max_points
+    for batch_ids, x, batch_labels in datasets.iter_batches(
+        data_root, manifest.name, manifest.version, split, batch_size
+    ):
+        if remaining is not None:
+            if remaining <= 0:
+                return
+            batch_ids, x, batch_labels = (
+                batch_ids[:remaining],
+                x[:remaining],
+                batch_labels[:remaining],
+            )
+            remaining -= len(batch_ids)
+        ids.append(np.asarray(batch_ids, dtype=object))
+        labels.append(np.asarray(batch_labels, dtype=np.int64))
+        yield x
+
+
+def quantization_step(manifest: datasets.DatasetManifest) -> float | None:
+    """Spacing of model inputs for integer-stored data (uint8 / 255 -> 1/255), else None (no bits/dim)."""
+    return (
+        float(manifest.scale)
+        if np.issubdtype(np.dtype(manifest.storage_dtype), np.integer)
+        else None
+    )
+
+
+def evaluate_split(
+    model,
+    data_root: str,
+    manifest: datasets.DatasetManifest,
+    split: str,
+    *,
+    method: Method = "is",
+    num_samples: int = 5000,
+    batch_size: int = 100,
+    seed: int = 0,
+    max_points: int | None = None,
+    options: Mapping[str, Any] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SplitEvaluation:
+    """Evaluate ``model`` on a split with one method; AIS/HMC default to the first 20 rows."""
+    from models.marginal import evaluate_dataset
+
+    if method not in METHODS:
+        raise ConfigError(
+            f"evaluate method={method!r} is not allowed; choose one of {', '.join(METHODS)}"
+        )
+    if split not in manifest.rows:
+        raise ConfigError(
+            f"split={split!r} is not in dataset {manifest.name}; it has {sorted(manifest.rows)}"
+        )
+    max_points = DEFAULT_MAX_POINTS[method] if max_points is None else max_points
+    total = manifest.rows[split] if max_points is None else min(max_points, manifest.rows[split])
+    if progress is None:
+        per_row = num_samples if method == "is" else 1
+        progress = ProgressLogger(total, f"evaluate[{method}] {manifest.name}/{split}", per_row)
+    ids: list = []
+    labels: list = []
+    options = dict(options or {})
+    if method == "is":
+        rows = stream_split(data_root, manifest, split, batch_size, max_points, ids, labels)
+        result = evaluate_dataset(
+            model,
+            rows,
+            num_samples,
+            seed=seed,
+            progress=progress,
+            quantization_step=quantization_step(manifest),
+        )
+        per_point = {
+            "log_marginal": result.log_marginal,
+            "log_marginal_stderr": result.log_marginal_stderr,
+        }
+        per_point.update({k: getattr(result, k) for k in _IS_COLUMNS})
+        summary = result.summary()
+    else:
+        rows = list(stream_split(data_root, manifest, split, batch_size, max_points, ids, labels))
+        per_point, summary = _cross_check(
+            model, method, np.concatenate(rows), num_samples, seed, options, progress
+        )
+    return SplitEvaluation(
+        method,
+        split,
+        num_samples,
+        np.concatenate(ids),
+        np.concatenate(labels),
+        per_point,
+        summary,
+        options,
+    )
+
+
+def _cross_check(
+    model,
+    method: str,
+    x: np.ndarray,
+    num_samples: int,
+    seed: int,
+    options: dict[str, Any],
+    progress: Callable[[int], None],
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """AIS or App. D on the chosen rows x [N, D], plus IS with ``num_samples`` on the same rows."""
+    import tensorflow as tf
+
+    from models.ais import ais_evaluate
+    from models.hmc_estimator import hmc_evaluate
+    from models.marginal import evaluate_dataset
+
+    estimate = ais_evaluate if method == "ais" else hmc_evaluate
+    small = 10  # AIS/HMC state is [chains, batch, latent]: small batches keep it cache-sized
+    batches = [x[i : i + small] for i in range(0, len(x), small)]
+    points = estimate(
+        model, batches, tf.constant([seed, 0], tf.int32), progress=progress, **options
+    )
+    is_result = evaluate_dataset(
+        model, [x[i : i + 100] for i in range(0, len(x), 100)], num_samples, seed=seed
+    )
+    per_point = {
+        "log_marginal": points.log_marginal,
+        "log_marginal_stderr": points.stderr,
+        "is_log_marginal": is_result.log_marginal,
+    }
+    summary = points.summary()
+    summary["is_log_marginal_likelihood"] = float(np.mean(is_result.log_marginal))
+    summary["minus_is_log_marginal_likelihood"] = summary["log_marginal_likelihood"] - float(
+        np.mean(is_result.log_marginal)
+    )
+    return per_point, summary
+
+
+def per_point_table(
+    evaluation: SplitEvaluation, provenance: Mapping[str, Any] | None = None
+) -> pa.Table:
+    """One row per evaluated data point; provenance and method settings in the schema metadata."""
+    labels = evaluation.labels
+    columns = {
+        C.COL_ID: pa.array([str(i) for i in evaluation.ids], pa.string()),
+        C.COL_SPLIT: pa.array([evaluation.split] * len(labels), pa.string()),
+        C.COL_LABEL: pa.array(labels, pa.int64(), mask=labels < 0),
+    }
+    columns.update(
+        {k: pa.array(np.asarray(v, np.float64)) for k, v in evaluation.per_point.items()}
+    )
+    meta = {
+        "method": evaluation.method,
+        "num_samples": evaluation.num_samples,
+        "options": evaluation.options,
+        **(provenance or {}),
+    }
+    return pa.table(columns).replace_schema_metadata({f"aevb.{k}": str(v) for k, v in meta.items()})
+
+
+def write_parquet_atomic(table: pa.Table, path: str) -> str:
+    """Write to a temporary sibling and rename: a killed write never leaves a partial file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def artifact_name(evaluation: SplitEvaluation) -> str:
+    return f"{evaluation.split}-{evaluation.method}-per-point.parquet"
+
+
+def log_per_point(run_id: str, table: pa.Table, evaluation: SplitEvaluation, workdir: str) -> str:
+    """Write the per-point Parquet under ``workdir`` and log it to the run as `evaluation/<name>`."""
+    path = write_parquet_atomic(table, os.path.join(workdir, artifact_name(evaluation)))
+    tracking.log_artifact(run_id, path, ARTIFACT_DIR)
+    return f"{ARTIFACT_DIR}/{artifact_name(evaluation)}"
+
+
+def summary_rows(evaluation: SplitEvaluation) -> list[dict[str, str]]:
+    """The summary as (quantity, value) rows for a table artifact or the console."""
+    return [
+        {"metric": name, "value": f"{value:.6g}"}
+        for name, value in sorted(evaluation.metrics().items())
+    ]
+
+
+def publish_table_artifact(evaluation: SplitEvaluation, dataset: str, model: str) -> str | None:
+    """A Prefect table artifact `aevb-evaluation-<dataset>-<split>-<method>`; None outside a Prefect run."""
+    if not _in_prefect_run():
+        return None
+    from prefect.artifacts import create_table_artifact
+
+    key = f"aevb-evaluation-{dataset}-{evaluation.split}-{evaluation.method}".lower().replace(
+        "_", "-"
+    )
+    key = "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in key)
+    description = (
+        f"log p(x) of {model} on {dataset}/{evaluation.split} by {evaluation.method.upper()} "
+        f"(K={evaluation.num_samples}); a stochastic lower bound"
+    )
+    create_table_artifact(table=summary_rows(evaluation), key=key, description=description)
+    return key
+
+
+__all__ = [
+    "METHODS",
+    "ProgressLogger",
+    "SplitEvaluation",
+    "evaluate_split",
+    "log_per_point",
+    "per_point_table",
+    "publish_table_artifact",
+    "quantization_step",
+    "summary_rows",
+    "write_parquet_atomic",
+]
