@@ -4,33 +4,57 @@ Everything goes through an `MlflowClient` with an explicit run id, because Prefe
 threads and MLflow's fluent "active run" is per thread. Tracking URI: `MLFLOW_TRACKING_URI` if set,
 else the embedded SQLite store `mlflow/mlflow.db` with artifacts in `mlflow/artifacts` (explicit
 artifact location, so no stray ./mlruns ever appears).
+
+Failure behaviour: HTTP calls to a tracking server are retried by MLflow itself on connection errors
+and 429/5xx answers, bounded by the MLFLOW_HTTP_REQUEST_* variables (defaults below: 3 retries,
+~6 s of backoff, 30 s per attempt; set them to change it). When that gives up, every public function
+here raises one `TrackingError` naming the URI and the fix. Other errors (4xx: a bad request, a
+missing run) are not retried and keep MLflow's message.
+
+`registry_lock` is a mutex for the champion/challenger gate that works on any backend: it is a
+registered model named `<name>.gate-lock`, whose creation is atomic in the registry.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import json
 import os
+import random
+import re
+import shutil
 import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from models.errors import ModelError
+from models.errors import ModelError, TrackingError
 from tasks.paths import REPO_ROOT, default_mlflow_dir
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 MODEL_ARTIFACT = "model"
 SAVED_MODEL_KEY = "saved_model"
+PLOTS_ARTIFACT = "plots"
+LOCK_SUFFIX = ".gate-lock"
+# Bounded retries for a tracking server (MLflow's defaults wait ~4 minutes before giving up).
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 
 
 def tracking_uri() -> str:
@@ -43,21 +67,88 @@ def tracking_uri() -> str:
 
 
 def _default_artifact_location(experiment_name: str) -> str | None:
-    """Explicit artifact folder for SQLite stores (beside the .db file); a server decides its own."""
+    """Explicit artifact folder for database stores; a tracking server decides its own.
+
+    SQLite: `artifacts/` beside the .db file. Other databases (postgresql://, mysql://): the
+    embedded folder `mlflow/artifacts` (AEVB_MLFLOW_DIR). Without this MLflow would use ./mlruns.
+    """
     uri = tracking_uri()
-    if not uri.startswith("sqlite:///"):
+    if uri.split(":", 1)[0] in ("http", "https", "databricks"):
         return None
-    db = Path(uri[len("sqlite:///") :])
-    return (db.parent / "artifacts" / experiment_name).resolve().as_uri()
+    if uri.startswith("sqlite:///"):
+        base = Path(uri[len("sqlite:///") :]).parent / "artifacts"
+    else:
+        base = default_mlflow_dir() / "artifacts"
+    return (base / experiment_name).resolve().as_uri()
 
 
 def client() -> MlflowClient:
+    for key, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+# -- failure translation ------------------------------------------------------------------------
+def unreachable(exc: BaseException) -> bool:
+    """True if ``exc`` (or what caused it) is a connection failure / timeout after MLflow's retries."""
+    import requests
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(
+            e, (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError)
+        ):
+            return True
+        e = e.__cause__ or e.__context__
+    text = str(exc)
+    return text.startswith("API request to") and (
+        "Max retries exceeded" in text or "timeout" in text
+    )
+
+
+def _tracking_error(exc: BaseException) -> TrackingError:
+    text = str(exc)
+    cause = re.search(r"Caused by (\w+)", text)
+    detail = cause.group(1) if cause else text.splitlines()[0][:200]
+    if "Connection refused" in text:
+        detail += " (connection refused)"
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "?")
+    return TrackingError(
+        f"MLflow tracking server {tracking_uri()} is unreachable: {detail} after "
+        f"{retries} retries. Fix: start the server (see docs/mlflow.md), correct "
+        "MLFLOW_TRACKING_URI, or unset it to use the embedded SQLite store under mlflow/ "
+        "(MLFLOW_HTTP_REQUEST_MAX_RETRIES / MLFLOW_HTTP_REQUEST_TIMEOUT bound the waiting)"
+    )
+
+
+def _guarded(fn: Callable) -> Callable:
+    """Turn 'server unreachable' (after MLflow's bounded retries) into one TrackingError."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TrackingError:
+            raise
+        except Exception as exc:  # MlflowException, or requests errors from artifact transfers
+            if unreachable(exc):
+                raise _tracking_error(exc) from exc
+            raise
+
+    return wrapper
+
+
+def _not_found(exc: MlflowException) -> bool:
+    return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+
+
+# -- runs ---------------------------------------------------------------------------------------
+@_guarded
 def experiment_id(name: str) -> str:
     c = client()
     exp = c.get_experiment_by_name(name)
@@ -82,6 +173,7 @@ def git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+@_guarded
 def start_run(experiment: str, run_name: str, tags: Mapping[str, str] | None = None) -> str:
     tags = dict(tags or {})
     commit = git_commit()
@@ -91,14 +183,24 @@ def start_run(experiment: str, run_name: str, tags: Mapping[str, str] | None = N
     return run.info.run_id
 
 
+@_guarded
 def run_exists(run_id: str) -> bool:
     try:
         client().get_run(run_id)
-    except MlflowException:
+    except MlflowException as exc:
+        if unreachable(exc):
+            raise
         return False
     return True
 
 
+@_guarded
+def run_status(run_id: str) -> str:
+    """RUNNING, FINISHED, FAILED, KILLED or SCHEDULED."""
+    return client().get_run(run_id).info.status
+
+
+@_guarded
 def end_run(run_id: str, failed: bool = False) -> None:
     status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
     client().set_terminated(run_id, status=status)
@@ -115,16 +217,16 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+@_guarded
 def log_params(run_id: str, params: Mapping[str, Any]) -> None:
     flat = flatten(params)
     existing = client().get_run(run_id).data.params
-    new = {
-        k: v for k, v in flat.items() if k not in existing
-    }  # params are immutable; resume re-logs
+    new = {k: v for k, v in flat.items() if k not in existing}  # immutable; resume re-logs
     if new:
         client().log_batch(run_id, params=[Param(k, v[:6000]) for k, v in new.items()])
 
 
+@_guarded
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
     ts = int(time.time() * 1000)
     batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None]
@@ -132,16 +234,47 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = No
         client().log_batch(run_id, metrics=batch)
 
 
+@_guarded
 def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
-    c = client()
-    for k, v in tags.items():
-        c.set_tag(run_id, k, str(v))
+    if tags:
+        client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
+@_guarded
 def log_artifact(run_id: str, local_path: str, artifact_path: str | None = None) -> None:
     client().log_artifact(run_id, local_path, artifact_path)
 
 
+@_guarded
+def log_artifacts(run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
+    client().log_artifacts(run_id, local_dir, artifact_path)
+
+
+@_guarded
+def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
+    return sorted(f.path for f in client().list_artifacts(run_id, path))
+
+
+def log_training_plots(
+    run_id: str,
+    vae: Any,
+    data_root: str,
+    dataset: str,
+    version: str,
+    history: list[dict[str, float]],
+    seed: int = 0,
+) -> list[str]:
+    """Render tasks/plots.py's PNGs for a trained VAE on held-out rows and log them under plots/."""
+    from tasks import plots
+
+    x, labels = plots.held_out_rows(data_root, dataset, version)
+    with tempfile.TemporaryDirectory(prefix="aevb-plots-") as tmp:
+        paths = plots.write_training_plots(vae, x, labels, history, tmp, seed=seed)
+        log_artifacts(run_id, tmp, PLOTS_ARTIFACT)
+    return [f"{PLOTS_ARTIFACT}/{os.path.basename(p)}" for p in paths]
+
+
+@_guarded
 def log_dataset_input(
     run_id: str, name: str, version: str, source_uri: str, context: str = "train"
 ) -> None:
@@ -159,8 +292,14 @@ def log_dataset_input(
     client().log_inputs(run_id, datasets=[DatasetInput(dataset=ds._to_mlflow_entity(), tags=[tag])])
 
 
+@_guarded
 def log_pyfunc_model(run_id: str, saved_model_dir: str, input_example: np.ndarray) -> str:
-    """Log the SavedModel as a pyfunc *from code*; returns the logged model URI (models:/m-...)."""
+    """Log the SavedModel as a pyfunc *from code*; returns the logged model URI (models:/m-...).
+
+    The logged model holds pyfunc_model.py, the SavedModel under artifacts/saved_model, a tensor
+    signature (float32 [-1, D] -> [-1, latent_dim], param `output`), the input example and pinned
+    requirements. Nothing is pickled: the loader is mlflow.pyfunc.loaders.code_model.
+    """
     import tensorflow as tf
     from mlflow.models import infer_signature
 
@@ -170,15 +309,19 @@ def log_pyfunc_model(run_id: str, saved_model_dir: str, input_example: np.ndarra
     z = load_serving(saved_model_dir).signatures["encode"](x=tf.constant(x))["z_mean"].numpy()
     signature = infer_signature(x, z, params={"output": "z_mean"})
     client()  # sets URIs for the fluent call below
-    with mlflow.start_run(run_id=run_id):  # thread-local; started and ended in this thread
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
-            python_model=str(PYFUNC_CODE),
-            artifacts={SAVED_MODEL_KEY: saved_model_dir},
-            signature=signature,
-            input_example=x,
-            pip_requirements=pip_requirements(),
-        )
+    with tempfile.TemporaryDirectory(prefix="aevb-log-") as tmp:
+        # MLflow keeps the folder's basename: stage it as `saved_model` for a fixed layout.
+        staged = os.path.join(tmp, SAVED_MODEL_KEY)
+        shutil.copytree(saved_model_dir, staged)
+        with mlflow.start_run(run_id=run_id):  # thread-local; started and ended in this thread
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=str(PYFUNC_CODE),
+                artifacts={SAVED_MODEL_KEY: staged},
+                signature=signature,
+                input_example=x,
+                pip_requirements=pip_requirements(),
+            )
     return info.model_uri
 
 
@@ -217,49 +360,142 @@ def _to_version(mv) -> RegisteredVersion:
     )
 
 
+@_guarded
 def register_model(
     model_uri: str, name: str, run_id: str, tags: Mapping[str, Any] | None = None
 ) -> RegisteredVersion:
     c = client()
     try:
         c.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as exc:
+        if unreachable(exc):
+            raise
         try:
             c.create_registered_model(
                 name, description="AEVB model (aevb-pipeline): encoder/decoder pyfunc"
             )
-        except MlflowException:
-            pass  # created concurrently
+        except MlflowException as exc2:
+            if exc2.error_code != "RESOURCE_ALREADY_EXISTS":  # else: created concurrently
+                raise
     mv = c.create_model_version(
         name, model_uri, run_id=run_id, tags={k: str(v) for k, v in (tags or {}).items()}
     )
     return _to_version(c.get_model_version(name, mv.version))
 
 
-def get_alias(name: str, alias: str) -> RegisteredVersion | None:
+@_guarded
+def get_version(name: str, version: int) -> RegisteredVersion | None:
     try:
-        return _to_version(client().get_model_version_by_alias(name, alias))
-    except MlflowException:
+        return _to_version(client().get_model_version(name, str(version)))
+    except MlflowException as exc:
+        if unreachable(exc) or not _not_found(exc):
+            raise
         return None
 
 
+@_guarded
+def get_alias(name: str, alias: str) -> RegisteredVersion | None:
+    """The version behind ``name@alias``; None if the model or the alias does not exist."""
+    try:
+        return _to_version(client().get_model_version_by_alias(name, alias))
+    except MlflowException as exc:
+        if unreachable(exc) or not _not_found(exc):
+            raise
+        return None
+
+
+@_guarded
 def set_alias(name: str, alias: str, version: int) -> None:
     client().set_registered_model_alias(name, alias, str(version))
 
 
+@_guarded
 def set_version_tags(name: str, version: int, tags: Mapping[str, Any]) -> None:
     c = client()
     for k, v in tags.items():
         c.set_model_version_tag(name, str(version), k, str(v))
 
 
+@_guarded
 def list_versions(name: str) -> list[RegisteredVersion]:
-    vs = client().search_model_versions(f"name = '{name}'")
-    return sorted((_to_version(v) for v in vs), key=lambda v: v.version)
+    """All versions of ``name`` (oldest first) with their aliases; [] if there is no such model."""
+    c = client()
+    try:
+        aliases = c.get_registered_model(name).aliases or {}  # {alias: version}
+    except MlflowException as exc:
+        if unreachable(exc) or not _not_found(exc):
+            raise
+        return []
+    out = []
+    for mv in c.search_model_versions(f"name = '{name}'"):
+        v = _to_version(mv)
+        mine = tuple(sorted(a for a, n in aliases.items() if int(n) == v.version))
+        out.append(dataclasses.replace(v, aliases=mine))
+    return sorted(out, key=lambda v: v.version)
 
 
+@_guarded
 def list_registered_models() -> list[str]:
-    return sorted(m.name for m in client().search_registered_models())
+    names = (m.name for m in client().search_registered_models())
+    return sorted(n for n in names if not n.endswith(LOCK_SUFFIX))
+
+
+@contextlib.contextmanager
+def registry_lock(
+    name: str, timeout: float = 300.0, stale_after: float = 120.0, owner: str = ""
+) -> Iterator[None]:
+    """Mutual exclusion for alias changes of registered model ``name``, across processes/hosts.
+
+    The lock is the registered model `<name>.gate-lock`: creating it is atomic (unique name), so
+    exactly one holder succeeds; releasing deletes it. A lock older than ``stale_after`` seconds
+    belongs to a killed process and is broken. Hold it only for a few registry calls.
+    """
+    lock = f"{name}{LOCK_SUFFIX}"
+    deadline = time.monotonic() + timeout
+    _acquire(lock, deadline, stale_after, owner or f"pid {os.getpid()}")
+    try:
+        yield
+    finally:
+        _release(lock)
+
+
+@_guarded
+def _acquire(lock: str, deadline: float, stale_after: float, owner: str) -> None:
+    c = client()
+    while True:
+        try:
+            c.create_registered_model(lock, description=f"aevb gate lock held by {owner}")
+            return
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        try:
+            held = c.get_registered_model(lock)
+        except MlflowException as exc:
+            if unreachable(exc) or not _not_found(exc):
+                raise
+            continue  # released in between: try again at once
+        age = time.time() - held.creation_timestamp / 1000.0
+        if age > stale_after:
+            with contextlib.suppress(MlflowException):  # someone else may break it first
+                c.delete_registered_model(lock)
+            continue
+        if time.monotonic() > deadline:
+            raise TrackingError(
+                f"registry lock {lock!r} at {tracking_uri()} is held ({held.description}, "
+                f"{age:.0f} s old); another registration is running. Retry later, or delete the "
+                f"registered model {lock!r} if no aevb process is running"
+            )
+        time.sleep(random.uniform(0.05, 0.25))
+
+
+@_guarded
+def _release(lock: str) -> None:
+    try:
+        client().delete_registered_model(lock)
+    except MlflowException as exc:
+        if unreachable(exc) or not _not_found(exc):
+            raise
 
 
 @dataclass(frozen=True)
@@ -271,6 +507,7 @@ class ResolvedModel:
     saved_model_dir: str
 
 
+@_guarded
 def resolve_model(uri: str, dst_dir: str | None = None) -> ResolvedModel:
     """Download a model (`models:/name@alias`, `models:/name/3`, `runs:/id/model`) to a local dir."""
     name = version = run_id = None
@@ -294,14 +531,28 @@ def resolve_model(uri: str, dst_dir: str | None = None) -> ResolvedModel:
             artifact_uri=uri, dst_path=dst_dir or tempfile.mkdtemp(prefix="aevb-model-")
         )
     except MlflowException as exc:
+        if unreachable(exc):
+            raise
         raise ModelError(
             f"--model {uri}: cannot resolve it in the MLflow store at {tracking_uri()} "
             f"({str(exc).splitlines()[0]}); list models with `aevb models list`"
         ) from exc
-    saved = os.path.join(local, "artifacts", SAVED_MODEL_KEY)
-    if not os.path.isdir(saved):
+    saved = _saved_model_path(local)
+    if saved is None or not os.path.isdir(saved):
         raise ModelError(
-            f"--model {uri}: no artifacts/{SAVED_MODEL_KEY} in the downloaded model; "
+            f"--model {uri}: the downloaded model has no '{SAVED_MODEL_KEY}' artifact; "
             "it was not logged by aevb"
         )
     return ResolvedModel(uri, name, version, run_id, saved)
+
+
+def _saved_model_path(local_model_dir: str) -> str | None:
+    """Where the pyfunc's `saved_model` artifact sits in a downloaded model (read from MLmodel)."""
+    from mlflow.models import Model
+
+    try:
+        flavor = Model.load(local_model_dir).flavors.get("python_function", {})
+    except (OSError, MlflowException):
+        return None
+    rel = (flavor.get("artifacts") or {}).get(SAVED_MODEL_KEY, {}).get("path")
+    return os.path.join(local_model_dir, rel) if rel else None

@@ -200,6 +200,9 @@ def train(
     tracking.set_tags(
         run_id, {"aevb.best_epoch": result.best_epoch, "aevb.stopped_early": result.stopped_early}
     )
+    tracking.log_training_plots(  # PNGs under plots/ (tasks/plots.py)
+        run_id, vae, root, manifest.name, manifest.version, result.history, train_config.seed
+    )
     tracking.end_run(run_id)  # later stages (evaluate, register) may still log to a finished run
     _write_atomic(
         os.path.join(ckpt_dir, "DONE"),
