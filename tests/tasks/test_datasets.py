@@ -109,5 +109,7 @@ def test_check_model_inputs_guards_unit_interval_likelihoods(digits_root: str) -
     wide = ds.DatasetManifest(**{**manifest.__dict__, "value_range": (-0.5, 3.0)})
     ds.check_model_inputs(wide, "gaussian")
     for likelihood in ("bernoulli", "continuous_bernoulli"):
-        with pytest.raises(DatasetError, match=r"span \[-0.5, 3\] but likelihood .* needs values in \[0, 1\]"):
+        with pytest.raises(
+            DatasetError, match=r"span \[-0.5, 3\] but likelihood .* needs values in \[0, 1\]"
+        ):
             ds.check_model_inputs(wide, likelihood)

@@ -33,7 +33,9 @@ def _assert_only_complete_versions(root: str, expected_current: str) -> None:
     for entry in os.listdir(base):
         full = os.path.join(base, entry)
         if os.path.isdir(full) and not entry.startswith("."):
-            assert os.path.exists(os.path.join(full, "manifest.json")), f"partial version {entry} visible"
+            assert os.path.exists(os.path.join(full, "manifest.json")), (
+                f"partial version {entry} visible"
+            )
     manifest = ds.load_manifest(root, "d")
     ids, x, _ = ds.read_split(root, "d", None, "train")
     assert manifest.version == expected_current and len(ids) == manifest.rows["train"]
@@ -51,7 +53,9 @@ def with_first_version(tmp_path) -> tuple[str, str, str]:
 def test_sigkill_at_each_stage_keeps_previous_current(with_first_version, point: str) -> None:
     root, first, new_src = with_first_version
     env = {**os.environ, "AEVB_TEST_KILL_AT": point}
-    proc = subprocess.run(_ingest_cmd(new_src, root), env=env, cwd=REPO, capture_output=True, timeout=120)
+    proc = subprocess.run(
+        _ingest_cmd(new_src, root), env=env, cwd=REPO, capture_output=True, timeout=120
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-1000:]
     _assert_only_complete_versions(root, first)
     versions = ds.list_versions(root, "d")

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow  # server start + TF import + many small HTTP roun
 
 @pytest.fixture(scope="module")
 def s3_root():
-    from moto.server import ThreadedMotoServer
     import s3fs
+    from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

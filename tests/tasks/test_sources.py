@@ -61,7 +61,9 @@ def test_idx_folder_keeps_train_and_t10k_splits(tmp_path, gz: bool) -> None:
     assert all(i.startswith("t10k-") for i in ids)
     k = np.asarray([int(i.split("-")[1]) for i in ids])
     x_ref, y_ref = arrays["t10k"]
-    np.testing.assert_array_equal(x, x_ref[k].reshape(len(k), -1).astype(np.float32) * np.float32(1 / 255))
+    np.testing.assert_array_equal(
+        x, x_ref[k].reshape(len(k), -1).astype(np.float32) * np.float32(1 / 255)
+    )
     np.testing.assert_array_equal(y, y_ref[k])
     train_ids = ds.read_split(root, "mini", None, TRAIN)[0]
     assert all(i.startswith("train-") for i in train_ids)
@@ -80,7 +82,15 @@ def test_csv_with_id_and_string_labels(tmp_path) -> None:
     path = tmp_path / "t.csv"
     path.write_text("key,a,b,kind\nr1,0.5,1.5,cat\nr2,-1.0,2.0,dog\nr3,0.0,0.25,\n")
     root = str(tmp_path / "root")
-    ingest(str(path), "tab", root, id_column="key", label_column="kind", valid_fraction=0, test_fraction=0)
+    ingest(
+        str(path),
+        "tab",
+        root,
+        id_column="key",
+        label_column="kind",
+        valid_fraction=0,
+        test_fraction=0,
+    )
     m = ds.load_manifest(root, "tab")
     assert m.storage_dtype == "float32" and m.scale == 1.0 and m.feature_shape == (2,)
     assert m.label_names == ("cat", "dog") and m.value_range == (-1.0, 2.0)
@@ -96,8 +106,20 @@ def test_csv_of_whole_numbers_is_stored_as_uint8(tmp_path) -> None:
     root = str(tmp_path / "root")
     ingest(str(path), "px", root, valid_fraction=0, test_fraction=0)
     m = ds.load_manifest(root, "px")
-    assert m.storage_dtype == "uint8" and m.scale == pytest.approx(1 / 255) and m.value_range == (0.0, 1.0)
-    ingest(str(path), "px16", root, valid_fraction=0, test_fraction=0, scale=1 / 300, storage_dtype="float32")
+    assert (
+        m.storage_dtype == "uint8"
+        and m.scale == pytest.approx(1 / 255)
+        and m.value_range == (0.0, 1.0)
+    )
+    ingest(
+        str(path),
+        "px16",
+        root,
+        valid_fraction=0,
+        test_fraction=0,
+        scale=1 / 300,
+        storage_dtype="float32",
+    )
     assert ds.load_manifest(root, "px16").storage_dtype == "float32"
     assert ds.load_manifest(root, "px16").value_range[1] == pytest.approx(255 / 300)
 
@@ -133,7 +155,14 @@ def test_image_folder_grayscale_with_subfolder_labels(tmp_path) -> None:
             _save_image(tmp_path / "img" / rel, a)
             pixels[rel] = a
     root = str(tmp_path / "root")
-    ingest(str(tmp_path / "img"), "pics", root, labels_from_folders=True, valid_fraction=0, test_fraction=0)
+    ingest(
+        str(tmp_path / "img"),
+        "pics",
+        root,
+        labels_from_folders=True,
+        valid_fraction=0,
+        test_fraction=0,
+    )
     m = ds.load_manifest(root, "pics")
     assert m.feature_shape == (5, 6)[::-1] and m.label_names == ("cats", "dogs")
     ids, x, y = _all_rows(root, "pics")
@@ -195,7 +224,9 @@ def test_fashion_mnist_builtin_from_a_folder(tmp_path) -> None:
 
 
 def test_fashion_mnist_missing_folder_explains_the_debian_package(tmp_path) -> None:
-    with pytest.raises(DatasetError, match="install Debian's dataset-fashion-mnist package or pass --path"):
+    with pytest.raises(
+        DatasetError, match="install Debian's dataset-fashion-mnist package or pass --path"
+    ):
         load_source("fashion-mnist", path=str(tmp_path / "absent"))
 
 
