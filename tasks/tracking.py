@@ -58,6 +58,7 @@ HTTP_RETRY_DEFAULTS = {
 
 
 def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if the user set it, else SQLite under AEVB_MLFLOW_DIR (mlflow/)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
@@ -86,8 +87,18 @@ def client() -> MlflowClient:
     for key, value in HTTP_RETRY_DEFAULTS.items():
         os.environ.setdefault(key, value)
     uri = tracking_uri()
+    # mlflow.set_*_uri() also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI to the environment.
+    # Undo that: our default must not become "the user's choice", or a later change of
+    # AEVB_MLFLOW_DIR in this process (tests, notebooks) and every child process would silently
+    # keep the old store. MLflow's in-process globals keep the URI for its fluent API.
+    before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

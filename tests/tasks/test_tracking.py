@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -56,6 +57,20 @@ def test_an_explicit_sqlite_uri_also_gets_an_explicit_artifact_folder(tmp_path, 
     _log_one_artifact(tmp_path, "aevb-explicit")
     assert len(list((db.parent / "artifacts" / "aevb-explicit").rglob("probe.txt"))) == 1
     assert list(cwd.iterdir()) == []
+
+
+def test_the_default_store_follows_aevb_mlflow_dir_and_never_leaks_into_the_environment(
+    tmp_path, monkeypatch
+):
+    # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI; if that stayed, the first store used
+    # in a process would shadow every later AEVB_MLFLOW_DIR (and every child process's default).
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("a", "b"):
+        monkeypatch.setenv("AEVB_MLFLOW_DIR", str(tmp_path / name))
+        c = tracking.client()
+        assert c.tracking_uri == f"sqlite:///{tmp_path / name / 'mlflow.db'}"
+        assert "MLFLOW_TRACKING_URI" not in os.environ
+        assert "MLFLOW_REGISTRY_URI" not in os.environ
 
 
 def test_other_database_uris_get_the_embedded_artifact_folder(monkeypatch, tmp_path):
