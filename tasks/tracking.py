@@ -388,8 +388,15 @@ def register_model(
         except MlflowException as exc2:
             if exc2.error_code != "RESOURCE_ALREADY_EXISTS":  # else: created concurrently
                 raise
+    # A logged model's URI (models:/m-...) needs its model_id too: a tracking server checks that
+    # the id names the resource holding the source (the SQLite store does not).
+    model_id = model_uri.split("/", 1)[1] if model_uri.startswith("models:/m-") else None
     mv = c.create_model_version(
-        name, model_uri, run_id=run_id, tags={k: str(v) for k, v in (tags or {}).items()}
+        name,
+        model_uri,
+        run_id=run_id,
+        tags={k: str(v) for k, v in (tags or {}).items()},
+        model_id=model_id,
     )
     return _to_version(c.get_model_version(name, mv.version))
 
