@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
+import sys
 from typing import Any
 
 from flows.commands import config_args, data_root_arg, pipeline_config
@@ -58,8 +60,14 @@ def _ui_base(uri: str) -> tuple[str, str]:
     """(base URL of an MLflow UI for this store, how to start one or '')."""
     if uri.startswith(("http://", "https://")):
         return uri.rstrip("/"), ""
-    start = f"mlflow ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1 --port 5000"
+    start = f"{_venv_bin('mlflow')} ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1 --port 5000"
     return "http://127.0.0.1:5000", start
+
+
+def _venv_bin(name: str) -> str:
+    """The executable beside this interpreter (the .venv's), so the command works unactivated."""
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    return shlex.quote(path) if os.path.exists(path) else name
 
 
 def _prefect_ui() -> str:
@@ -102,7 +110,7 @@ def format_summary(s: Any, uri: str) -> str:
         + (f"  ({_prefect_ui()})" if _prefect_ui() else ""),
         "",
         f"  open the MLflow UI:  {start_ui or ui}",
-        '  read the table:      python -c "import pandas as pd; print(pd.read_parquet('
+        f'  read the table:      {_venv_bin("python")} -c "import pandas as pd; print(pd.read_parquet('
         f"'{s.latent_table}', ignore_prefixes=['manifest']).head())\"",
     ]
     return "\n".join(lines)
