@@ -4,7 +4,8 @@
 
 runs each experiment of `tasks.reproduce.EXPERIMENTS` as a task (one after another: they are
 CPU-bound and the machine has few cores), writes `report.md`, PNG figures, `results.json` and
-`results.csv` into ``out_dir``, and logs them as one MLflow run in the "aevb-reproduce" experiment.
+`results.csv` into ``out_dir`` (rewritten after every experiment, so an interrupted run keeps the
+finished parts), and logs them as one MLflow run in the "aevb-reproduce" experiment.
 Quick mode takes a few minutes on 2 cores, full mode about 40 minutes.
 """
 
@@ -26,6 +27,7 @@ from tasks.reproduce import (
     log_report_task,
     quick_settings,
     summarize,
+    write_report,
     write_report_task,
 )
 
@@ -70,6 +72,8 @@ def reproduce_flow(
         results[name] = experiment_task(name, settings, out)
         seconds[name] = round(time.perf_counter() - start, 1)
         print(f"reproduce: {name} done in {seconds[name]:.0f} s")
+        if len(results) < len(names):  # an interrupted run still leaves the finished parts
+            write_report(results, settings, out, seconds)
     report = write_report_task(results, settings, out, seconds)
     run_id = log_report_task(out, settings, results) if track else None
     print(f"reproduce: report at {report}" + (f"; MLflow run {run_id}" if run_id else ""))

