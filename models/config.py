@@ -25,6 +25,7 @@ Init = Literal["glorot", "paper"]
 Estimator = Literal["A", "B", "iwae"]
 Optimizer = Literal["adam", "adagrad"]
 Preset = Literal["default", "paper", "fast"]
+Theta = Literal["map", "full_vb"]  # point estimate of the decoder, or App. F's q(theta)
 # Seeds are int32 stateless-RNG keys; the trainer derives validation seeds as seed + a small offset.
 EVAL_SEED_ROOM = 10_000
 
@@ -102,6 +103,7 @@ class TrainConfig:
     patience: int = 5
     seed: int = 0
     jit_compile: bool = True
+    theta: Theta = "map"  # "full_vb": factorized Gaussian q(theta) over the decoder (App. F)
 
     def __post_init__(self) -> None:
         _check_positive("train.epochs", self.epochs, integer=True)
@@ -122,6 +124,12 @@ class TrainConfig:
             )
         if not isinstance(self.jit_compile, bool):
             raise ConfigError(f"train.jit_compile={self.jit_compile!r} must be true or false")
+        _check_choice("train.theta", self.theta, Theta)
+        if self.theta == "full_vb" and self.estimator != "B":
+            raise ConfigError(
+                f"train.theta='full_vb' uses estimator B; train.estimator={self.estimator!r} is "
+                "not supported with it: set train.estimator='B' or train.theta='map'"
+            )
 
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {

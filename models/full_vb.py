@@ -85,14 +85,17 @@ class FullVBVAE(tf.Module):
         initial_std: float = 1e-3,
         prior_std: float = 1.0,
         name: str = "full_vb_vae",
+        vae: VAE | None = None,
     ):
+        """``vae``: train this model's variables (its decoder weights become the means of
+        q(theta)) instead of a new ``VAE(config, seed)``."""
         super().__init__(name=name)
         if not initial_std > 0 or not prior_std > 0:
             raise ConfigError(
                 f"full_vb initial_std={initial_std!r} and prior_std={prior_std!r} must be > 0"
             )
         self.config, self.prior_std = config, float(prior_std)
-        self.vae = VAE(config, seed=seed)
+        self.vae = VAE(config, seed=seed) if vae is None else vae
         rho0 = math.log(math.expm1(initial_std))  # softplus^{-1}
         self.rho = [
             (
@@ -297,4 +300,29 @@ def fit_full_vb(
     )
 
 
-__all__ = ["DecoderSample", "FullVBTrainer", "FullVBVAE", "fit_full_vb"]
+def fit_vae_full_vb(
+    vae: VAE,
+    make_train_data: Callable[[int], tf.data.Dataset],
+    valid_data: tf.data.Dataset | None,
+    num_train: int,
+    config: TrainConfig,
+    checkpoint_dir: str | None = None,
+    on_epoch_end: EpochCallback | None = None,
+) -> TrainResult:
+    """Drop-in for `models.training.fit` (same arguments) that fits ``vae`` by full VB over theta.
+
+    On return ``vae`` holds the posterior means of theta (the plug-in model, saveable as usual).
+    q(theta) starts at std 1e-3 around the usual initialisation; the prior is N(0, I).
+    """
+    if config.estimator != "B":
+        raise ConfigError(
+            f"full VB over theta uses estimator B; train.estimator={config.estimator!r} is not "
+            "supported with it: set train.estimator='B' or train the MAP default"
+        )
+    model = FullVBVAE(vae.config, vae=vae)
+    return fit_full_vb(
+        model, make_train_data, valid_data, num_train, config, checkpoint_dir, on_epoch_end
+    )
+
+
+__all__ = ["DecoderSample", "FullVBTrainer", "FullVBVAE", "fit_full_vb", "fit_vae_full_vb"]

@@ -46,8 +46,11 @@ def experiment_name(dataset: str) -> str:
 
 
 def run_key(model: ModelConfig, train: TrainConfig, dataset: str, version: str) -> str:
+    train_dict = to_dict(train)
+    if train_dict.get("theta") == "map":  # the default: keys of runs made before the option stay
+        del train_dict["theta"]
     blob = json.dumps(
-        {"model": to_dict(model), "train": to_dict(train), "dataset": dataset, "version": version},
+        {"model": to_dict(model), "train": train_dict, "dataset": dataset, "version": version},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -170,6 +173,8 @@ def train(
         )
 
     vae = VAE(model, seed=train_config.seed)
+    if train_config.theta == "full_vb":  # App. F; `vae` ends up holding the means of q(theta)
+        from models.full_vb import fit_vae_full_vb as fit
     try:
         result = fit(
             vae,
