@@ -1,11 +1,30 @@
-"""CLI verb `evaluate`: log p(x) of a registered or logged model on a dataset split."""
+"""CLI verb `evaluate`: log p(x) of a registered or logged model on a dataset split.
+
+    aevb evaluate --model models:/NAME@ALIAS|runs:/ID/model --dataset NAME [--split test]
+                  [-k 5000] [--method is|ais|hmc] [--max-points N] [--num-chains C] [--num-steps T]
+
+Runs as the Prefect flow `aevb-evaluate`; with a model that has an MLflow run, metrics (IS:
+`<split>_<q>`, AIS/HMC: `<split>_<method>_<q>`) and the per-point Parquet land in that run, and a
+Prefect table artifact summarises the numbers.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from flows.commands import config_args, data_root_arg, pipeline_config  # noqa: F401
+from prefect import flow
+
+from flows.commands import data_root_arg
 from models import constants as C
+from models.errors import ConfigError
+
+METHODS = ("is", "ais", "hmc")
+METHOD_HELP = (
+    "is: importance sampling over the whole split (default); ais: annealed importance sampling "
+    "cross-check on the first --max-points rows (default 20); hmc: the paper's App. D estimator "
+    "(latent dim <= 5, first --max-points rows)"
+)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -17,36 +36,117 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version", default=None)
     p.add_argument("--split", default=C.TEST, choices=C.SPLITS)
     p.add_argument(
-        "-k", "--num-samples", type=int, default=5000, help="importance samples per point"
-    )
+        "-k", "--num-samples", type=int, default=5000,
+        help="importance samples per point (for ais/hmc: of the IS estimate on the same rows)",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
+    # Not argparse `choices`: a bad value must be a one-line error (exit 2), not a usage dump.
+    p.add_argument("--method", default="is", metavar="is|ais|hmc", help=METHOD_HELP)
+    p.add_argument("--max-points", type=int, default=None, help="evaluate only the first N rows")
+    p.add_argument("--num-chains", type=int, default=None, help="ais/hmc: chains per point")
     p.add_argument(
-        "--method", default="is", choices=["is"], help="estimator (is: importance sampling)"
-    )
+        "--num-steps", type=int, default=None,
+        help="ais: annealing temperatures T (default 1000); hmc: kept HMC draws (default 1000)",
+    )  # fmt: skip
+    p.add_argument("--leapfrog-steps", type=int, default=None, help="ais/hmc: leapfrog steps")
+    p.add_argument("--burnin", type=int, default=None, help="hmc: adapted burn-in steps")
     data_root_arg(p)
     p.set_defaults(func=run_evaluate)
 
 
+def estimator_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The AIS/HMC keyword options given on the command line; refused for `is`."""
+    steps_key = "num_steps" if args.method == "ais" else "num_samples"
+    given = {
+        "--num-chains": ("num_chains", args.num_chains),
+        "--num-steps": (steps_key, args.num_steps),
+        "--leapfrog-steps": ("num_leapfrog_steps", args.leapfrog_steps),
+        "--burnin": ("num_burnin", args.burnin),
+    }
+    given = {flag: kv for flag, kv in given.items() if kv[1] is not None}
+    if args.method == "is" and given:
+        raise ConfigError(f"{', '.join(given)} apply to --method ais|hmc only, not to is")
+    if args.method == "ais" and "--burnin" in given:
+        raise ConfigError("--burnin applies to --method hmc only (AIS anneals from the prior)")
+    for flag, (_, value) in given.items():
+        if value < 1:
+            raise ConfigError(f"{flag}={value} must be an integer >= 1")
+    return {key: value for key, value in given.values()}
+
+
+def check_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Validate before anything expensive (model download, Prefect start); returns AIS/HMC options."""
+    if args.method not in METHODS:
+        raise ConfigError(f"--method {args.method!r} is not allowed; choose one of is, ais, hmc")
+    for flag, value in (("-k/--num-samples", args.num_samples), ("--batch-size", args.batch_size),
+                        ("--max-points", args.max_points)):  # fmt: skip
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag}={value} must be an integer >= 1")
+    return estimator_options(args)
+
+
+@flow(name="aevb-evaluate")
+def evaluate_method_flow(
+    saved_model_dir: str,
+    dataset: str,
+    version: str | None = None,
+    data_root: str | None = None,
+    split: str = C.TEST,
+    num_samples: int = 5000,
+    batch_size: int = 500,
+    seed: int = 0,
+    run_id: str | None = None,
+    method: str = "is",
+    max_points: int | None = None,
+    options: dict[str, Any] | None = None,
+    model_label: str | None = None,
+):
+    from tasks.evaluate import evaluate_task
+
+    return evaluate_task(
+        saved_model_dir, dataset, version, data_root, split, num_samples, batch_size, seed,
+        run_id=run_id, method=method, max_points=max_points, options=options,
+        model_label=model_label, publish=True,
+    )  # fmt: skip
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
-    from flows.stages import evaluate_flow
     from tasks.tracking import resolve_model
 
+    options = check_args(args)
     resolved = resolve_model(args.model)
-    s = evaluate_flow(
-        resolved.saved_model_dir,
-        args.dataset,
-        args.version,
-        args.data_root,
-        args.split,
-        args.num_samples,
-        args.batch_size,
-        args.seed,
-        run_id=resolved.run_id,
-    )
-    print(
-        f"{args.model} on {args.dataset}/{s.split} ({s.rows} rows, K={s.num_samples}):\n"
-        f"  log p(x) >= {s.log_marginal_likelihood:.3f} +- {s.log_marginal_likelihood_stderr:.3f} (IS estimate)\n"
-        f"  ELBO {s.elbo:.3f}  KL {s.kl:.3f}  reconstruction {s.reconstruction:.3f}  active units {s.active_units}"
-    )
+    s = evaluate_method_flow(
+        resolved.saved_model_dir, args.dataset, args.version, args.data_root, args.split,
+        args.num_samples, args.batch_size, args.seed, run_id=resolved.run_id, method=args.method,
+        max_points=args.max_points, options=options or None, model_label=args.model,
+    )  # fmt: skip
+    print(format_summary(args.model, args.dataset, s))
     return 0
+
+
+def format_summary(model: str, dataset: str, s: Any) -> str:
+    """What the user reads: the estimate, what kind of number it is, and where it was logged."""
+    head = f"{model} on {dataset}/{s.split} ({s.rows} rows, method {s.method}, K={s.num_samples}):"
+    lml = f"{s.log_marginal_likelihood:.3f} +- {s.log_marginal_likelihood_stderr:.3f}"
+    lines = [head]
+    if s.method == "is":
+        lines.append(f"  log p(x) >= {lml} (IS estimate, a stochastic lower bound)")
+        lines.append(
+            f"  ELBO {s.elbo:.3f}  KL {s.kl:.3f}  reconstruction {s.reconstruction:.3f}  "
+            f"active units {s.active_units}"
+        )
+    else:
+        name = {"ais": "AIS estimate", "hmc": "App. D HMC estimate"}[s.method]
+        is_mean = s.metrics_logged.get(
+            C.metric_key(s.split, f"{s.method}_is_log_marginal_likelihood")
+        )
+        lines.append(f"  log p(x) ~ {lml} ({name}, mean +- stderr over points)")
+        if is_mean is not None:
+            lines.append(f"  IS on the same rows (K={s.num_samples}): {is_mean:.3f}")
+    if s.metrics_logged and s.per_point_artifact:
+        names = ", ".join(sorted(k for k in s.metrics_logged if "log_marginal" in k))
+        lines.append(f"  logged to the model's MLflow run: {names}; {s.per_point_artifact}")
+    if s.table_artifact:
+        lines.append(f"  Prefect table artifact: {s.table_artifact}")
+    return "\n".join(lines)

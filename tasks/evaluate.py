@@ -1,43 +1,59 @@
 """Evaluate stage: marginal inference of x on a held-out split.
 
-Reports the importance-sampled estimate of log p(x) (a stochastic lower bound, see
-models/marginal.py) as mean +- standard error over datapoints, plus the ELBO, KL and
-reconstruction term, and logs them to the model's MLflow run under the DESIGN metric names.
+Streams the split through tasks/evaluation_io.py with one of three estimators of log p(x):
+`is` (importance sampling, the default and what the registry gate uses), `ais` (annealed
+importance sampling, an independent cross-check on the first ``max_points`` rows) or `hmc` (the
+paper's Appendix D estimator). Each is a stochastic lower bound or an approximation, see
+docs/evaluation.md. With a ``run_id`` it logs to that MLflow run:
+
+- metrics under the DESIGN names: IS as `<split>_<quantity>` (e.g. `test_log_marginal_likelihood`),
+  AIS/HMC as `<split>_<method>_<quantity>`, so a cross-check never overwrites the IS numbers;
+- the per-point estimates as `evaluation/<split>-<method>-per-point.parquet`;
+
+and inside a Prefect run it publishes a table artifact summarising the numbers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from models import constants as C
 from tasks import datasets, tracking
-from tasks.logs import logger
+from tasks import evaluation_io as evio
 
 
 @dataclass(frozen=True)
 class EvaluationSummary:
+    """Dataset-level numbers of one evaluation. ELBO/KL/reconstruction/active units come from IS
+    only (None for `ais`/`hmc`, whose `metrics` carry the IS estimate on the same rows instead)."""
+
     split: str
     num_samples: int
     rows: int
     log_marginal_likelihood: float
     log_marginal_likelihood_stderr: float
-    elbo: float
-    kl: float
-    reconstruction: float
-    active_units: int
+    elbo: float | None
+    kl: float | None
+    reconstruction: float | None
+    active_units: int | None
+    method: str = "is"
+    metrics_logged: dict[str, float] = field(default_factory=dict)
+    per_point_artifact: str | None = None  # path in the MLflow run, e.g. evaluation/test-is-...
+    table_artifact: str | None = None  # Prefect artifact key
 
     def metrics(self) -> dict[str, float]:
+        """The metric names and values (as logged to MLflow when a run id was given)."""
+        if self.metrics_logged:
+            return dict(self.metrics_logged)
         s = self.split
         return {
             C.metric_key(s, "log_marginal_likelihood"): self.log_marginal_likelihood,
             C.metric_key(s, "log_marginal_likelihood_stderr"): self.log_marginal_likelihood_stderr,
-            C.metric_key(s, "elbo"): self.elbo,
-            C.metric_key(s, "kl"): self.kl,
-            C.metric_key(s, "reconstruction"): self.reconstruction,
-            C.metric_key(s, "active_units"): float(self.active_units),
         }
 
 
@@ -51,38 +67,62 @@ def evaluate(
     batch_size: int = 500,
     seed: int = 0,
     run_id: str | None = None,
+    *,
+    method: evio.Method = "is",
+    max_points: int | None = None,
+    options: dict[str, Any] | None = None,
+    model_label: str | None = None,
+    publish: bool | None = None,
 ) -> EvaluationSummary:
-    """IS estimate of log p(x) with ``num_samples`` samples per point over ``split``."""
-    from models.marginal import evaluate_dataset
+    """Estimate log p(x) over ``split`` with ``method`` and ``num_samples`` samples per point.
+
+    ``max_points`` limits the rows (AIS/HMC default to the first 20); ``options`` go to the AIS/HMC
+    estimator (e.g. num_chains, num_steps). ``publish`` (default: when ``run_id`` is given) creates
+    the Prefect table artifact inside a Prefect run.
+    """
     from models.saved import load_vae
 
     root = datasets.resolve_data_root(data_root)
     manifest = datasets.load_manifest(root, dataset, version)
     vae = load_vae(saved_model_dir)
-    log = logger()
-    total = manifest.rows[split]
-
-    def progress(done: int) -> None:
-        log.info("evaluate: %d/%d rows of %s (K=%d)", done, total, split, num_samples)
-
-    batches = datasets.make_tf_dataset(root, manifest.name, manifest.version, split, batch_size)
-    result = evaluate_dataset(vae, batches, num_samples, seed=seed, progress=progress)
-    s = result.summary()
-    summary = EvaluationSummary(
+    ev = evio.evaluate_split(
+        vae, root, manifest, split, method=method, num_samples=num_samples,
+        batch_size=batch_size, seed=seed, max_points=max_points, options=options,
+    )  # fmt: skip
+    metrics = ev.metrics()
+    label = model_label or (f"runs:/{run_id}/model" if run_id else saved_model_dir)
+    artifact = None
+    if run_id:
+        tracking.log_metrics(run_id, metrics)
+        tag = "aevb.eval_num_samples" if method == "is" else f"aevb.eval_{method}_num_samples"
+        tracking.set_tags(run_id, {tag: num_samples})
+        provenance = {
+            "dataset": manifest.name, "dataset_version": manifest.version, "model": label,
+            "run_id": run_id, "seed": seed,
+        }  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="aevb-eval-") as workdir:
+            table = evio.per_point_table(ev, provenance)
+            artifact = evio.log_per_point(run_id, table, ev, workdir)
+    key = None
+    if publish if publish is not None else bool(run_id):
+        key = evio.publish_table_artifact(ev, manifest.name, label)
+    s = ev.summary
+    is_method = method == "is"
+    return EvaluationSummary(
         split=split,
         num_samples=num_samples,
-        rows=result.num_points,
-        log_marginal_likelihood=s["log_marginal_likelihood"],
-        log_marginal_likelihood_stderr=s["log_marginal_likelihood_stderr"],
-        elbo=s["elbo"],
-        kl=s["kl"],
-        reconstruction=s["reconstruction"],
-        active_units=result.active_units,
+        rows=len(ev.ids),
+        log_marginal_likelihood=float(s["log_marginal_likelihood"]),
+        log_marginal_likelihood_stderr=float(s["log_marginal_likelihood_stderr"]),
+        elbo=float(s["elbo"]) if is_method else None,
+        kl=float(s["kl"]) if is_method else None,
+        reconstruction=float(s["reconstruction"]) if is_method else None,
+        active_units=int(s["active_units"]) if is_method else None,
+        method=method,
+        metrics_logged=metrics,
+        per_point_artifact=artifact,
+        table_artifact=key,
     )
-    if run_id:
-        tracking.log_metrics(run_id, {C.metric_key(split, k): v for k, v in s.items()})
-        tracking.set_tags(run_id, {"aevb.eval_num_samples": num_samples})
-    return summary
 
 
 evaluate_task = task(evaluate, name="evaluate", cache_policy=NO_CACHE)
