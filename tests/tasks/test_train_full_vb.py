@@ -27,7 +27,7 @@ def _data(epoch: int) -> tf.data.Dataset:
 
 def test_wrapper_trains_the_given_vae_like_fit_full_vb():
     cfg = TrainConfig(epochs=2, learning_rate=0.01, patience=0, jit_compile=False, theta="full_vb")
-    reference = FullVBVAE(CFG, seed=7)
+    reference = FullVBVAE(CFG, seed=7, initial_std=0.01)
     fit_full_vb(reference, _data, None, 200, cfg)
     vae = VAE(CFG, seed=7)
     before = [v.numpy().copy() for v in vae.trainable_variables]
