@@ -1,0 +1,232 @@
+"""Restoration with a registry model trained here on digits (the issue's quality checks).
+
+PSNR is recomputed in numpy from the published Parquet table and the clean dataset, so each check
+also verifies the table (ids, order, values) and the reported metrics. Baselines are computed here
+independently: mean imputation, the noisy input, nearest-neighbour upsampling.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from models import constants as C
+from models.errors import ConfigError, DatasetError, ModelError
+from tests.tasks._restore_helpers import registered_digits_model, use_store
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from tasks.corrupt import corrupt_dataset
+
+    with use_store(registered_digits_model(tmp_path_factory)) as info:
+        root = info["root"]
+        for kind in ("inpaint", "denoise", "superres", "salt-pepper"):
+            corrupt_dataset("digits", kind, data_root=root, seed=11)
+        yield info
+
+
+def _restore(env, dataset, method, **kw):
+    from tasks.restore import restore_dataset
+
+    return restore_dataset(env["uri"], dataset, method, env["root"], **kw)
+
+
+def _table(path, split=C.TEST):
+    df = pq.read_table(os.path.join(path, f"part-{split}-00000.parquet")).to_pandas()
+    return list(df[C.COL_ID]), np.stack(df[C.COL_X].to_numpy()).astype(np.float32)
+
+
+def _clean(env, name="digits", split=C.TEST):
+    from tasks import datasets
+
+    ids, x, _ = datasets.read_split(env["root"], name, None, split)
+    return list(ids), x
+
+
+def _psnr(x, ref):  # value range [0, 1]: peak 1
+    return float(np.mean(-10 * np.log10(np.mean((x - ref) ** 2, axis=1))))
+
+
+def _checked_psnr(env, out):
+    """PSNR of the published table vs the clean rows; equals the reported number."""
+    ids, x = _table(out.path)
+    clean_ids, clean = _clean(env)
+    assert ids == clean_ids and out.rows == len(ids)
+    value = _psnr(x, clean)
+    assert out.metrics["test_psnr"] == pytest.approx(value, abs=1e-3)
+    return value, x
+
+
+@pytest.fixture(scope="module")
+def inpaint(env):
+    _, y = _clean(env, "digits-inpaint")
+    _, mask = _clean(env, "digits-inpaint.mask")
+    return y, mask, {m: _restore(env, "digits-inpaint", m) for m in ("amortized", "map")}
+
+
+def test_inpainting_half_the_pixels_beats_mean_imputation(env, inpaint):
+    y, mask, outs = inpaint
+    _, clean = _clean(env)
+    assert abs((1 - mask).mean() - 0.5) < 0.05
+    means = (y * mask).sum(0) / np.maximum(mask.sum(0), 1)  # per-pixel mean of observed entries
+    baseline = _psnr(mask * y + (1 - mask) * means, clean)
+    assert outs["map"].metrics["test_baseline_psnr"] == pytest.approx(baseline, abs=1e-3)
+    value, x = _checked_psnr(env, outs["map"])
+    assert value > baseline + 1.0
+    np.testing.assert_array_equal(x[mask == 1], y[mask == 1])  # observed pixels kept
+
+
+def test_latent_map_is_at_least_as_good_as_amortized_on_inpainting(env, inpaint):
+    _, _, outs = inpaint
+    amortized, _ = _checked_psnr(env, outs["amortized"])
+    map_, _ = _checked_psnr(env, outs["map"])
+    assert map_ >= amortized
+
+
+@pytest.mark.parametrize("method", ["pseudo-gibbs", "mwg"])
+def test_samplers_keep_observed_pixels_and_beat_mean_imputation(env, inpaint, method):
+    y, mask, _ = inpaint
+    out = _restore(env, "digits-inpaint", method, settings=_fast())
+    value, x = _checked_psnr(env, out)
+    np.testing.assert_array_equal(x[mask == 1], y[mask == 1])
+    assert value > out.metrics["test_baseline_psnr"] + 1.0
+    if method == "mwg":
+        assert 0.05 < out.diagnostics["acceptance_rate"] <= 1.0
+
+
+def _fast():
+    from tasks.restore import RestoreSettings
+
+    return RestoreSettings(iterations=100, burn_in=25)
+
+
+def test_denoising_beats_the_noisy_input(env):
+    from tasks import datasets
+
+    out = _restore(env, "digits-denoise", "map")
+    _, noisy = _clean(env, "digits-denoise")
+    _, clean = _clean(env)
+    baseline = _psnr(noisy, clean)
+    assert out.metrics["test_baseline_psnr"] == pytest.approx(baseline, abs=1e-3)
+    value, _ = _checked_psnr(env, out)
+    assert value > baseline + 1.0
+    assert datasets.load_manifest(env["root"], "digits-denoise").source["degradation"][
+        "noise_std"
+    ] == pytest.approx(0.2)
+
+
+def test_denoising_with_an_estimated_noise_level(env):
+    from tasks.restore import RestoreSettings
+
+    out = _restore(env, "digits-denoise", "map", settings=RestoreSettings(estimate_noise=True))
+    # the joint MAP level also absorbs the model's own reconstruction error: above the true 0.2
+    assert 0.2 <= out.diagnostics["noise_std"] < 0.3
+    assert out.metrics["test_psnr"] > out.metrics["test_baseline_psnr"] + 1.0
+
+
+def test_superresolution_2x_beats_nearest_neighbour_upsampling(env):
+    out = _restore(env, "digits-superres", "map")
+    _, low = _clean(env, "digits-superres")
+    _, clean = _clean(env)
+    nearest = np.repeat(np.repeat(low.reshape(-1, 4, 4), 2, 1), 2, 2).reshape(-1, 64)
+    baseline = _psnr(nearest, clean)
+    assert out.metrics["test_baseline_psnr"] == pytest.approx(baseline, abs=1e-3)
+    value, x = _checked_psnr(env, out)
+    assert value > baseline + 1.0
+    # the restored image explains the observation: its pooled values are close to y
+    pooled = x.reshape(-1, 4, 2, 4, 2).mean(axis=(2, 4)).reshape(-1, 16)
+    assert np.abs(pooled - low).mean() < np.abs(nearest - clean).mean()
+
+
+def test_salt_and_pepper_beats_the_corrupted_input(env):
+    out = _restore(env, "digits-salt-pepper", "amortized")
+    value, _ = _checked_psnr(env, out)
+    assert value > out.metrics["test_baseline_psnr"] + 0.5
+
+
+def test_layout_idempotence_provenance_and_mlflow_metrics(env, inpaint):
+    from tasks import tracking
+
+    first = inpaint[2]["map"]
+    assert first.path.endswith(
+        os.path.join("restored", "digits-inpaint", "aevb-digits", "v1", "map")
+    )
+    again = _restore(env, "digits-inpaint", "map")
+    assert not again.created and again.metrics == first.metrics
+    meta = pq.read_schema(os.path.join(first.path, "part-test-00000.parquet")).metadata
+    assert (
+        b"aevb.restore" in meta
+        and pq.read_schema(os.path.join(first.path, "part-test-00000.parquet"))
+        .field(C.COL_X)
+        .type.list_size
+        == 64
+    )
+    logged = tracking.client().get_run(env["run_id"]).data.metrics
+    assert logged["test_restore_inpaint_map_psnr"] == pytest.approx(first.metrics["test_psnr"])
+    assert logged["test_restore_inpaint_map_baseline_psnr"] == pytest.approx(
+        first.metrics["test_baseline_psnr"]
+    )
+
+
+def test_from_latents_decodes_z_mean_with_the_model(env):
+    import pandas as pd
+
+    from models.saved import load_vae
+    from tasks.export import export_latents
+    from tasks.restore import decode_latents
+
+    table = export_latents(env["uri"], "digits", env["root"], splits=("valid", "test"))
+    out = decode_latents(env["uri"], table.path, env["root"], batch_size=64)
+    assert out.rows == table.rows and out.path.endswith(os.path.join("v1", "from-latents"))
+    latents = pq.read_table(table.path, ignore_prefixes=["manifest", ".", "_"]).to_pandas()
+    decoded = pq.read_table(out.path, ignore_prefixes=["manifest", ".", "_"]).to_pandas()
+    merged = pd.merge(latents, decoded, on=[C.COL_ID, C.COL_SPLIT], validate="one_to_one")
+    assert len(merged) == table.rows
+    z = merged[[f"z_mean_{i}" for i in range(8)]].to_numpy(np.float32)
+    want = load_vae(env["saved"]).decode_mean(z).numpy()
+    np.testing.assert_allclose(np.stack(merged[C.COL_X].to_numpy()), want, rtol=1e-5, atol=1e-6)
+    assert not decode_latents(env["uri"], table.path, env["root"]).created
+
+
+def _plain_dataset(root, name, shape):
+    from tasks import datasets
+
+    rng = np.random.default_rng(0)
+    w = datasets.DatasetWriter(root, name, feature_shape=shape, storage_dtype="float32", scale=1.0,
+                               split_seed=0, source={"kind": "test"})  # fmt: skip
+    with w:
+        w.write(C.TEST, [f"r{i}" for i in range(5)], rng.uniform(size=(5, *shape)), None)
+        w.commit()
+
+
+@pytest.mark.parametrize(
+    "dataset, kwargs, error, match",
+    [
+        ("digits-inpaint", {"method": "gibbs"}, ConfigError, "--method 'gibbs' is not known"),
+        ("digits-denoise", {"method": "mwg"}, ConfigError, "applies to inpainting only"),
+        ("nope", {}, DatasetError, "dataset 'nope' not found"),
+        ("plain-4x4", {"kind": "denoise"}, DatasetError, r"feature_shape \[4, 4\] does not match"),
+        ("plain-4x4", {}, ConfigError, "--kind: dataset 'plain-4x4' was not made by"),
+        ("plain-8x8", {"kind": "inpaint"}, ConfigError, "--mask: inpainting 'plain-8x8' needs"),
+        ("digits-inpaint", {"kind": "denoise"}, ConfigError, "drop --kind"),
+        ("digits-inpaint", {"splits": ("training",)}, DatasetError, "unknown split 'training'"),
+        ("digits-inpaint", {"model": "models:/nope@champion"}, ModelError, "--model models:/nope"),
+    ],
+)
+def test_bad_input_is_one_clear_error_and_writes_nothing(env, dataset, kwargs, error, match):
+    from tasks.restore import restore_dataset
+
+    _plain_dataset(env["root"], "plain-4x4", (4, 4))
+    _plain_dataset(env["root"], "plain-8x8", (8, 8))
+    restored = os.path.join(env["root"], "restored")
+    before = sorted(os.walk(restored)) if os.path.isdir(restored) else []
+    kw = {"method": "map", **kwargs}
+    uri = kw.pop("model", env["uri"])
+    with pytest.raises(error, match=match) as exc:
+        restore_dataset(uri, dataset, data_root=env["root"], **kw)
+    assert "\n" not in str(exc.value)
+    assert (sorted(os.walk(restored)) if os.path.isdir(restored) else []) == before
