@@ -82,10 +82,11 @@ def test_two_concurrent_retrains_of_one_model_never_overlap(prefect_harness, tmp
             t.join(timeout=900)
         assert not errors, errors
         first, second = sorted(results.values(), key=lambda s: s.lock_acquired_at)
-        # The second retrain started only after the first released the lock, and it waited for it.
+        # The second retrain asked for the lock while the first held it (they really contended),
+        # and got it only after the first released it: the two retrains never overlapped.
+        second_requested_at = second.lock_acquired_at - second.lock_wait_seconds
+        assert first.lock_acquired_at <= second_requested_at < first.lock_released_at
         assert second.lock_acquired_at >= first.lock_released_at
-        held = first.lock_released_at - first.lock_acquired_at
-        assert second.lock_wait_seconds >= 0.5 * held
         assert {first.model_version, second.model_version} == {1, 2}
         assert not first.skipped and not second.skipped
         assert [v.version for v in tracking.list_versions("aevb-digits")] == [1, 2]
