@@ -58,7 +58,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _field_types() -> dict[str, Any]:
-    from tasks.reproduce import ReproduceSettings
+    from tasks.reproduce_settings import ReproduceSettings
 
     hints = typing.get_type_hints(ReproduceSettings)
     return {f.name: hints[f.name] for f in dataclasses.fields(ReproduceSettings)}
