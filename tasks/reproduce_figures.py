@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 LABELS = {"aevb": "AEVB", "wake_sleep": "Wake-sleep", "mcem": "MCEM"}
 COLORS = {"aevb": "tab:blue", "wake_sleep": "tab:red", "mcem": "tab:green"}
@@ -20,6 +21,14 @@ def save_figure(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def short_count(n: float) -> str:
+    """10000 -> '10k', 1500000 -> '1.5M' (tick labels)."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:g}{unit}"
+    return f"{n:g}"
 
 
 def plot_curves(curves: list[dict], panel_key: str, quantity: str, title: str, path: Path) -> None:
@@ -50,6 +59,9 @@ def plot_curves(curves: list[dict], panel_key: str, quantity: str, title: str, p
             lo, hi = min(shown), max(shown)
             ax.set_ylim(lo - 0.6 * (hi - lo) - 1.0, hi + 0.15 * (hi - lo) + 0.5)
         ax.set_xscale("log")
+        budgets = sorted({p["samples"] for c in curves for p in c["points"]})
+        ax.set_xticks(budgets, [short_count(b) for b in budgets])  # the evaluated budgets only
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("training samples evaluated")
         ax.set_title(f"{panel_key.replace('_', ' ')} = {value}", fontsize=9)
         ax.grid(alpha=0.3)
