@@ -15,6 +15,8 @@ DATA_NOTES = {
     "4,000 train / 1,000 test rows",
 }
 
+TRAIN_ROWS = {"mnist-5k": 4000, "digits": 1400, "fashion-mnist": 4000}  # most training rows used
+
 
 @dataclass(frozen=True)
 class ReproduceSettings:
@@ -54,6 +56,13 @@ class ReproduceSettings:
             raise ConfigError(
                 f"reproduce dataset={self.dataset!r}; choose one of {', '.join(DATA_NOTES)}"
             )
+        rows = TRAIN_ROWS[self.dataset]
+        if max(self.fig3_train_sizes) > rows or self.vb_train_size >= rows:
+            raise ConfigError(
+                f"reproduce fig3_train_sizes={list(self.fig3_train_sizes)} and "
+                f"vb_train_size={self.vb_train_size}: {self.dataset} has {rows} training rows "
+                "(full VB also needs validation rows beyond vb_train_size); choose smaller sizes"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,9 +70,17 @@ class ReproduceSettings:
         }
 
 
+def _fit_to_data(settings: dict[str, Any]) -> dict[str, Any]:
+    """A small data set's Fig. 3 "large training set" is all its training rows."""
+    rows = TRAIN_ROWS.get(settings.get("dataset", "mnist-5k"))
+    if rows is not None and rows < 4000 and "fig3_train_sizes" not in settings:
+        return {**settings, "fig3_train_sizes": (500, rows)}
+    return settings
+
+
 def full_settings(**overrides: Any) -> ReproduceSettings:
-    """About 40 minutes on 2 cores."""
-    return ReproduceSettings(mode="full", **overrides)
+    """About 40 minutes on 2 idle cores."""
+    return ReproduceSettings(mode="full", **_fit_to_data(overrides))
 
 
 def quick_settings(**overrides: Any) -> ReproduceSettings:
@@ -74,7 +91,6 @@ def quick_settings(**overrides: Any) -> ReproduceSettings:
         fig2_hidden=200,
         fig2_budgets=(10_000, 30_000, 100_000),
         select_lr=False,
-        fig3_train_sizes=(500, 4000),
         fig3_budgets=(10_000, 50_000),
         fig3_eval_rows=100,
         fig3_hmc=(2, 50, 100),
@@ -87,7 +103,7 @@ def quick_settings(**overrides: Any) -> ReproduceSettings:
         vb_importance=100,
         vb_theta_draws=4,
     )
-    return ReproduceSettings(**{**quick, **overrides})
+    return ReproduceSettings(**{**quick, **_fit_to_data(overrides)})
 
 
-__all__ = ["DATA_NOTES", "ReproduceSettings", "full_settings", "quick_settings"]
+__all__ = ["DATA_NOTES", "TRAIN_ROWS", "ReproduceSettings", "full_settings", "quick_settings"]

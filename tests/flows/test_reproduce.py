@@ -186,3 +186,17 @@ def test_fashion_mnist_rows_come_from_the_idx_train_and_test_files(tmp_path, mon
     assert quick_settings(dataset="fashion-mnist").dataset == "fashion-mnist"
     with pytest.raises(ConfigError, match="fashion-mnist"):
         quick_settings(dataset="cifar")
+
+
+def test_settings_fit_the_data_set_size():
+    from tasks.reproduce import full_settings
+
+    # digits has 1,400 training rows: Fig. 3's "large training set" becomes all of them.
+    assert quick_settings(dataset="digits").fig3_train_sizes == (500, 1400)
+    assert full_settings(dataset="digits").fig3_train_sizes == (500, 1400)
+    assert quick_settings().fig3_train_sizes == (500, 4000)  # mnist-5k: the defaults
+    assert quick_settings(dataset="digits", fig3_train_sizes=(200,)).fig3_train_sizes == (200,)
+    with pytest.raises(ConfigError, match="1400 training rows"):
+        quick_settings(dataset="digits", fig3_train_sizes=(500, 4000))
+    with pytest.raises(ConfigError, match="vb_train_size=1400"):
+        full_settings(dataset="digits", vb_train_size=1400)

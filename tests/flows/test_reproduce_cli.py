@@ -72,6 +72,7 @@ def test_help_lists_the_options(aevb, capsys):
         (["fig3_hmc=2,10"], "expected 3 values"),
         (["vb_epochs=0"], "vb_epochs=0 must be > 0"),
         (["jit_compile=maybe"], "expected true or false"),
+        (["--dataset", "digits", "fig3_train_sizes=500,2000"], "digits has 1400 training rows"),
     ],
 )
 def test_bad_arguments_are_one_line_exit_2_before_the_flow(aevb, no_flow, capsys, argv, expected):
