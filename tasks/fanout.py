@@ -147,6 +147,7 @@ def read_shard(shard: str, staged: str, options: dict[str, Any] | None = None) -
         "shard": shard, "staged": staged, "rows": n, "sha256": data.sha256, "kind": data.kind,
         "feature_shape": list(data.feature_shape), "storage_dtype": data.x.dtype.name,
         "scale": data.scale, "label_names": list(data.label_names), "has_labels": labels is not None,
+        "named_labels": bool(data.label_names),
     }  # fmt: skip
 
 
@@ -192,7 +193,8 @@ def ingest_shards(
             test_fraction=test_fraction,
         )  # fmt: skip
     finally:
-        fs.delete_dir(stage_path)
+        with contextlib.suppress(OSError):
+            fs.delete_dir(stage_path)
 
 
 def _combine(parts: list[dict[str, Any]], prefix_ids: bool, options: dict[str, Any]):
@@ -201,7 +203,7 @@ def _combine(parts: list[dict[str, Any]], prefix_ids: bool, options: dict[str, A
 
     first = parts[0]
     for p in parts[1:]:
-        for key in ("feature_shape", "storage_dtype", "scale", "has_labels"):
+        for key in ("feature_shape", "storage_dtype", "scale", "has_labels", "named_labels"):
             if p[key] != first[key]:
                 raise DatasetError(
                     f"shard {p['shard']!r} has {key}={p[key]!r} but {first['shard']!r} has "
@@ -213,7 +215,8 @@ def _combine(parts: list[dict[str, Any]], prefix_ids: bool, options: dict[str, A
     ids, xs, labels, masks, fixed = [], [], [], [], []
     owner: dict[str, str] = {}
     for p in parts:
-        table = pq.read_table(p["staged"], filesystem=storage.filesystem(p["staged"])[0])
+        fs, path = storage.filesystem(p["staged"])
+        table = pq.read_table(path, filesystem=fs)
         shard_ids = [str(i) for i in table.column(C.COL_ID).to_pylist()]
         if prefix_ids:
             shard_ids = [f"{os.path.basename(p['shard'].rstrip('/'))}/{i}" for i in shard_ids]

@@ -128,6 +128,22 @@ def test_ids_repeated_across_shards_are_refused_unless_prefixed(prefect_harness,
     assert all(i.startswith(("p0.csv/", "p1.csv/")) for i in ids)
 
 
+def test_shards_stored_differently_are_refused(prefect_harness, tmp_path) -> None:
+    from tasks.fanout import fanout_flow, ingest_shards
+
+    ints = np.arange(2 * D).reshape(2, D) % 200  # auto: uint8, scale 1/255
+    _write_csv(tmp_path / "p0.csv", ["a0", "a1"], ints, ["x", "y"])
+    _write_csv(tmp_path / "p1.csv", ["b0", "b1"], ints + 0.5, ["x", "y"])  # auto: float32, scale 1
+    run = fanout_flow(ingest_shards, "aevb-ingest-shards")
+    with pytest.raises(DatasetError, match=r"p1.csv' has storage_dtype='float32' but .*'uint8'"):
+        run([str(tmp_path / "p0.csv"), str(tmp_path / "p1.csv")], "mixed", str(tmp_path / "r"),
+            options=OPTIONS)  # fmt: skip
+    explicit = {**OPTIONS, "storage_dtype": "float32", "scale": 1.0}
+    ok = run([str(tmp_path / "p0.csv"), str(tmp_path / "p1.csv")], "mixed", str(tmp_path / "r"),
+             options=explicit)  # fmt: skip
+    assert ok.created
+
+
 # ----------------------------------------------------------------------------- export
 @pytest.fixture(scope="module")
 def model_env(prefect_harness, shards):
