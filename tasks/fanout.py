@@ -41,7 +41,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from prefect import task
+from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -163,13 +163,15 @@ def ingest_shards(
     test_fraction: float = 0.1,
     options: dict[str, Any] | None = None,
     prefix_ids: bool = False,
+    wrap: Callable[[Task], Task] | None = None,
 ) -> datasets.IngestResult:
     """Ingest the files ``shards`` (in this order) as ONE dataset ``name``; call inside a flow.
 
     Each shard is read on the flow's task runner. ``options`` are the reader options of `ingest`
     (e.g. id_column, label_column, storage_dtype, scale) and apply to every shard.
     ``prefix_ids`` turns each id into `<shard file name>/<id>` (shards whose rows are numbered
-    0..n-1 each would otherwise collide).
+    0..n-1 each would otherwise collide). ``wrap`` is applied to the per-shard task, e.g. the
+    flows' retry policy `flows.stages.with_io_retries`.
     """
     from tasks.ingest import write_source
 
@@ -181,8 +183,9 @@ def ingest_shards(
     fs, stage_path = storage.filesystem(stage)
     fs.create_dir(stage_path, recursive=True)
     try:
+        shard_task = wrap(read_shard_task) if wrap else read_shard_task
         futures = [
-            read_shard_task.submit(s, storage.join(stage, f"shard-{i:05d}.parquet"), options)
+            shard_task.submit(s, storage.join(stage, f"shard-{i:05d}.parquet"), options)
             for i, s in enumerate(shards)
         ]
         wait(futures)
@@ -297,8 +300,12 @@ def export_shards(
     version: str | None = None,
     splits: Sequence[str] = C.SPLITS,
     batch_size: int = 2000,
+    wrap: Callable[[Task], Task] | None = None,
 ):
-    """`export_latents` (without z samples) with one task per (split, part file); call in a flow."""
+    """`export_latents` (without z samples) with one task per (split, part file); call in a flow.
+
+    ``wrap`` is applied to the per-part task (e.g. `flows.stages.with_io_retries`).
+    """
     from models.saved import read_config
     from tasks import export, tracking
 
@@ -330,8 +337,9 @@ def export_shards(
     tmp_path = storage.filesystem(tmp)[1]
     fs.create_dir(tmp_path, recursive=True)
     try:
+        part_task = wrap(encode_part_task) if wrap else encode_part_task
         futures = [
-            encode_part_task.submit(
+            part_task.submit(
                 resolved.saved_model_dir,
                 part,
                 storage.join(tmp, f"part-{split}-{i:05d}.parquet"),

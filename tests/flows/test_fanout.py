@@ -219,6 +219,36 @@ def test_sharded_export_on_a_dask_local_cluster_is_identical(model_env, exported
     assert dask.equals(threads)
 
 
+def test_export_in_a_flow_takes_the_pipeline_retry_policy(model_env, exported_threads,
+                                                          monkeypatch) -> None:  # fmt: skip
+    """How the pipeline calls it: inside its own flow, per-part tasks wrapped with the stage
+    retry policy; one injected transient error is retried and the table is unchanged."""
+    from prefect import flow
+
+    import tasks.fanout as fanout
+    from flows.stages import with_io_retries
+
+    real, calls = fanout._encoder, []
+
+    def flaky(saved_model_dir: str):
+        calls.append(saved_model_dir)
+        if len(calls) == 1:
+            raise ConnectionError("connection reset by peer (injected)")
+        return real(saved_model_dir)
+
+    monkeypatch.setattr(fanout, "_encoder", flaky)
+
+    @flow(name="pipeline-like")
+    def pipeline_like():
+        return fanout.export_shards(model_env["uri"], "parts", model_env["root"], batch_size=7,
+                                    wrap=lambda t: with_io_retries(t, 1, 0.0))  # fmt: skip
+
+    out = pipeline_like()
+    table = pq.read_table(out.path, ignore_prefixes=["manifest", ".", "_"])
+    shutil.rmtree(out.path)
+    assert len(calls) == 9 + 1 and table.equals(exported_threads[1])
+
+
 # ----------------------------------------------------------------------------- real cluster
 def _free_port() -> int:
     with socket.socket() as s:
