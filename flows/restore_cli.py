@@ -110,7 +110,7 @@ def restore_flow(
 def decode_latents_flow(
     model_uri: str, table: str, data_root: str | None = None, batch_size: int = 2000
 ):
-    from tasks.restore import decode_latents_task
+    from tasks.restore_latents import decode_latents_task
 
     return decode_latents_task(model_uri, table, data_root, batch_size)
 

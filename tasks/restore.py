@@ -10,15 +10,13 @@ batch's observed entries (inpaint) or nearest-neighbour upsampling (superres). T
 returned, printed by the CLI, stored in the manifest and logged to the model's MLflow run as
 `<split>_restore_<kind>_<method>_{psnr,mse,baseline_psnr,baseline_mse}`.
 
-`decode_latents(model_uri, TABLE)` decodes a latent table's z_mean rows to x = E[x | z].
-Both are idempotent (same model version, dataset version and settings -> no-op); memory is
+Decoding latent tables (`--from-latents`) lives in tasks/restore_latents.py. Restoration is
+idempotent (same model version, dataset version and settings -> no-op); memory is
 bounded by one batch.
 """
 
 from __future__ import annotations
 
-import hashlib
-import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +35,6 @@ from tasks.logs import logger
 METHODS: dict[str, str] = {
     "amortized": "amortized", "map": "map", "pseudo-gibbs": "pseudo_gibbs", "mwg": "mwg",
 }  # fmt: skip
-FROM_LATENTS = "from-latents"
 QUANTITIES = ("psnr", "mse", "baseline_psnr", "baseline_mse")
 # superres observation noise sigma_y when none is given: the pooled pixels are then fitted to
 # ~0.05 of the value range, a little looser than the decoder can match them exactly.
@@ -209,7 +206,7 @@ def restore_dataset(
         datasets.split_files(p["root"], p["degraded"].name, p["degraded"].version, split)
     resolved, vae = load_model(model_uri)
     spec = build_spec(p, vae.config.feature_shape, vae.config.likelihood, s)
-    name, mversion = _model_key(resolved)
+    name, mversion = model_key(resolved)
     degraded, kind = p["degraded"], p["kind"]
     final = restore_io.restored_table_path(p["root"], degraded.name, name, mversion, method)
     key = {"dataset_version": degraded.version, "splits": list(splits), "method": method,
@@ -290,66 +287,7 @@ def _restore_fill(p, spec, restorer, method, splits, s, schema) -> Callable:
     return fill
 
 
-def decode_latents(
-    model_uri: str, table: str, data_root: str | None = None, batch_size: int = 2000
-) -> RestoreOutput:
-    """Decode a latent table's z_mean rows with the registry model: x = E[x | z] per row."""
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size={batch_size} must be >= 1")
-    root = datasets.resolve_data_root(data_root)
-    fs, parts, manifest = restore_io.latent_parts(table)
-    resolved, vae = load_model(model_uri)
-    name, mversion = _model_key(resolved)
-    dataset = manifest.get("dataset") or "table-" + hashlib.sha256(table.encode()).hexdigest()[:8]
-    final = restore_io.restored_table_path(root, dataset, name, mversion, FROM_LATENTS)
-    stamps = [fs.get_file_info(f).mtime_ns for f in parts]
-    key = {"table": table, "parts": [posixpath.basename(f) for f in parts], "mtimes": stamps,
-           "table_manifest": {k: manifest.get(k) for k in ("model_version", "dataset_version")}}  # fmt: skip
-    out = dict(path=final, method=FROM_LATENTS, kind=FROM_LATENTS, model_uri=model_uri,
-               model_version=resolved.version, dataset=dataset,
-               dataset_version=str(manifest.get("dataset_version", "")))  # fmt: skip
-    done = restore_io.existing_manifest(final, key)
-    if done:
-        return RestoreOutput(rows=done["rows"], created=False, **out)
-    if manifest and (manifest.get("model_name"), manifest.get("model_version")) != (
-        name,
-        resolved.version,
-    ):
-        logger().warning(
-            "restore: %s was exported by %s v%s, decoding with %s v%s: codes of another model "
-            "version mean other images", table, manifest.get("model_name"),
-            manifest.get("model_version"), name, resolved.version,
-        )  # fmt: skip
-    import tensorflow as tf
-
-    decode = tf.function(vae.decode_mean, jit_compile=True, reduce_retracing=True)
-    provenance = {"model_uri": model_uri, "model_name": name, "model_version": resolved.version,
-                  "run_id": resolved.run_id, "dataset": dataset, "key": key,
-                  "schema_version": restore_io.SCHEMA_VERSION}  # fmt: skip
-    schema = restore_io.restored_schema(vae.config.input_dim, provenance)
-
-    def fill(open_part) -> dict[str, Any]:
-        writers, rows = {}, 0
-        try:
-            for split, ids, labels, z in restore_io.iter_latents(
-                fs, parts, vae.config.latent_dim, batch_size
-            ):
-                if split not in writers:
-                    writers[split] = open_part(split)
-                x = decode(tf.constant(z)).numpy()
-                writers[split].write_table(restore_io.batch_table(schema, ids, split, labels, x))
-                rows += len(z)
-        finally:
-            for w in writers.values():
-                w.close()
-        return {"rows": rows}
-
-    doc = restore_io.publish_table(final, schema, fill)
-    logger().info("restore: decoded %d latent rows to %s", doc["rows"], final)
-    return RestoreOutput(rows=doc["rows"], created=True, **out)
-
-
-def _model_key(resolved: tracking.ResolvedModel) -> tuple[str, int | str]:
+def model_key(resolved: tracking.ResolvedModel) -> tuple[str, int | str]:
     if resolved.name is None and resolved.run_id is None:
         raise ModelError(f"--model {resolved.uri}: use models:/NAME@ALIAS or models:/NAME/VERSION")
     name = resolved.name or "unregistered"
@@ -374,4 +312,3 @@ def mlflow_metrics(metrics: dict[str, float], kind: str, method: str) -> dict[st
 
 
 restore_task = task(restore_dataset, name="restore", cache_policy=NO_CACHE)
-decode_latents_task = task(decode_latents, name="restore-from-latents", cache_policy=NO_CACHE)

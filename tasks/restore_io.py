@@ -142,6 +142,12 @@ def lockstep(
                 )
             rows.append(o_x)
         yield ids, y, labels, rows
+    for m, stream in zip(others, streams, strict=True):
+        if stream is not None and next(stream, None) is not None:
+            raise DatasetError(
+                f"dataset {m.name!r} version {m.version} holds more {split} rows than "
+                f"{degraded.name!r}; recreate the degraded copy with `aevb corrupt`"
+            )
 
 
 def latent_parts(table: str) -> tuple[pafs.FileSystem, list[str], dict[str, Any]]:

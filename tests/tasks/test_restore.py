@@ -177,7 +177,7 @@ def test_from_latents_decodes_z_mean_with_the_model(env):
 
     from models.saved import load_vae
     from tasks.export import export_latents
-    from tasks.restore import decode_latents
+    from tasks.restore_latents import decode_latents
 
     table = export_latents(env["uri"], "digits", env["root"], splits=("valid", "test"))
     out = decode_latents(env["uri"], table.path, env["root"], batch_size=64)
