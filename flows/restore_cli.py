@@ -21,11 +21,13 @@ from flows.commands import data_root_arg
 from models import constants as C
 from models.errors import ConfigError, ModelError
 
+# The choices, spelled here so that building the parser imports no task module (MLflow, pyarrow);
+# tests assert they equal tasks.corrupt.KINDS and tasks.restore.METHODS.
+KINDS = ("denoise", "salt-pepper", "inpaint", "superres")
+METHODS = ("amortized", "map", "pseudo-gibbs", "mwg")
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from tasks.corrupt import KINDS
-    from tasks.restore import METHODS
-
     kinds = "|".join(KINDS)
     p = sub.add_parser("corrupt", help="make a degraded copy of a dataset (clean reference kept)")
     p.add_argument("dataset", help="the clean dataset")

@@ -27,6 +27,26 @@ def aevb(monkeypatch, env):
     return cli.main
 
 
+def test_parser_choices_match_the_tasks_and_building_it_imports_no_mlflow():
+    import subprocess
+    import sys
+
+    from flows import restore_cli
+    from tasks.corrupt import KINDS
+    from tasks.restore import METHODS
+
+    assert restore_cli.KINDS == tuple(KINDS) and restore_cli.METHODS == tuple(METHODS)
+    code = (
+        "import argparse, sys; from flows import restore_cli; "
+        "restore_cli.add_parsers(argparse.ArgumentParser().add_subparsers()); "
+        "print(sorted(m for m in ('mlflow', 'tensorflow', 'pyarrow') if m in sys.modules))"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=repo, env={**os.environ, "PYTHONPATH": repo})  # fmt: skip
+    assert out.stdout.strip() == "[]"
+
+
 def _restored(env):
     folder = os.path.join(env["root"], "restored")
     return sorted(os.walk(folder)) if os.path.isdir(folder) else []
@@ -97,3 +117,22 @@ def test_user_errors_are_one_line_exit_2_and_write_nothing(aevb, env, capsys, ar
     assert lines[0].startswith(f"aevb {argv[0]}: error: ")
     assert _restored(env) == before_restored
     assert sorted(os.listdir(env["root"] + "/datasets")) == before_sets
+
+
+def test_a_shape_mismatch_found_inside_the_flow_is_still_exit_2(aevb, env, capsys):
+    from tasks import datasets
+
+    w = datasets.DatasetWriter(env["root"], "cli-4x4", feature_shape=(4, 4), storage_dtype="float32",
+                               scale=1.0, split_seed=0, source={"kind": "test"})  # fmt: skip
+    with w:
+        w.write(C.TEST, ["a", "b"], [[0.5] * 16, [0.25] * 16], None)
+        w.commit()
+    before = _restored(env)
+    argv = ["restore", "--model", env["uri"], "--dataset", "cli-4x4", "--kind", "denoise"]
+    assert aevb(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = [ln for ln in err.splitlines() if ln.strip()][-1]
+    assert last.startswith("aevb restore: error: dataset 'cli-4x4': feature_shape [4, 4]")
+    assert "use a model trained on the clean dataset" in last
+    assert _restored(env) == before
