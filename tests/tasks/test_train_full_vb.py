@@ -76,3 +76,12 @@ def test_train_stage_with_full_vb_saves_the_plug_in_model(mlflow_store, data_roo
     assert run.data.params["train.theta"] == "full_vb"
     history = tracking.client().get_metric_history(out.run_id, "train_kl_theta")
     assert [m.step for m in history] == [1, 2] and all(m.value > 0 for m in history)
+
+
+def test_pipeline_config_selects_full_vb():
+    from flows.config import load_config
+
+    assert load_config(None, []).train.theta == "map"
+    assert load_config(None, ["train.theta=full_vb"]).train.theta == "full_vb"
+    with pytest.raises(ConfigError, match="'map', 'full_vb'"):
+        load_config(None, ["train.theta=bayes"])
