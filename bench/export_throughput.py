@@ -48,8 +48,15 @@ def make_dataset(root: str, rows: int) -> str:
         ingest("fashion-mnist", "bench", root)
         return f"real Fashion-MNIST from {FASHION_MNIST_DIR}"
     rng = np.random.default_rng(0)
-    w = datasets.DatasetWriter(root, "bench", feature_shape=SHAPE, storage_dtype="uint8",
-                               scale=1 / 255, split_seed=0, source={"kind": "synthetic"})  # fmt: skip
+    w = datasets.DatasetWriter(
+        root,
+        "bench",
+        feature_shape=SHAPE,
+        storage_dtype="uint8",
+        scale=1 / 255,
+        split_seed=0,
+        source={"kind": "synthetic"},
+    )
     with w:
         for start in range(0, rows, 10_000):
             n = min(10_000, rows - start)

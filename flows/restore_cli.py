@@ -49,8 +49,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("restore", help="restore degraded inputs with a registry model as prior")
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
     p.add_argument("--dataset", default=None, help="degraded dataset (e.g. from `aevb corrupt`)")
-    p.add_argument("--from-latents", default=None, metavar="TABLE",
-                   help="decode a latent table's z_mean rows instead (folder or Parquet file)")  # fmt: skip
+    p.add_argument(
+        "--from-latents",
+        default=None,
+        metavar="TABLE",
+        help="decode a latent table's z_mean rows instead (folder or Parquet file)",
+    )
     p.add_argument("--method", default="map", metavar="|".join(METHODS))
     p.add_argument("--version", default=None, help="degraded dataset version")
     p.add_argument("--splits", default=C.TEST, help="comma-separated splits (default: test)")
@@ -60,8 +64,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise-std", type=float, default=None,
                    help="denoise: noise sigma (default: recorded, else estimated); "
                    "superres: observation sigma_y (default 0.05)")  # fmt: skip
-    p.add_argument("--estimate-noise", action="store_true",
-                   help="denoise: estimate the noise level jointly with the latent MAP")  # fmt: skip
+    p.add_argument(
+        "--estimate-noise",
+        action="store_true",
+        help="denoise: estimate the noise level jointly with the latent MAP",
+    )
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--map-steps", type=int, default=200)
     p.add_argument("--learning-rate", type=float, default=0.05)
@@ -126,8 +133,15 @@ def run_corrupt(args: argparse.Namespace) -> int:
     clean = datasets.load_manifest(args.data_root, args.dataset, args.version)
     if args.name is not None:
         datasets.validate_name(args.name)
-    make_spec(kind, clean.feature_shape, clean.value_range, noise_std=args.noise_std if kind ==
-              "gaussian" else None, amount=args.amount, factor=args.factor, block=args.block)  # fmt: skip
+    make_spec(
+        kind,
+        clean.feature_shape,
+        clean.value_range,
+        noise_std=args.noise_std if kind == "gaussian" else None,
+        amount=args.amount,
+        factor=args.factor,
+        block=args.block,
+    )
     options = {"noise_std": args.noise_std, "amount": args.amount, "factor": args.factor,
                "block": args.block, "seed": args.seed}  # fmt: skip
     out = corrupt_flow(args.dataset, kind, args.name, args.data_root, clean.version, options)

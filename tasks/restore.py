@@ -204,40 +204,62 @@ def restore_dataset(
     p = plan(dataset, method, data_root, version, kind, mask)
     for split in splits:
         datasets.split_files(p["root"], p["degraded"].name, p["degraded"].version, split)
-    resolved, vae = load_model(model_uri)
-    spec = build_spec(p, vae.config.feature_shape, vae.config.likelihood, s)
+    resolved = tracking.resolve_model(model_uri)
     name, mversion = model_key(resolved)
     degraded, kind = p["degraded"], p["kind"]
     final = restore_io.restored_table_path(p["root"], degraded.name, name, mversion, method)
-    key = {"dataset_version": degraded.version, "splits": list(splits), "method": method,
-           "spec": _jsonable(spec), "settings": _jsonable(s),
-           "mask": p["mask"] and p["mask"].version}  # fmt: skip
+    # With the model version fixed, these determine the spec and hence the table.
+    key = {
+        "dataset_version": degraded.version,
+        "splits": list(splits),
+        "method": method,
+        "kind": kind,
+        "settings": _jsonable(s),
+        "mask": p["mask"] and p["mask"].version,
+    }
     out = dict(path=final, method=method, kind=cli_kind(kind), model_uri=model_uri,
                model_version=resolved.version, dataset=degraded.name,
                dataset_version=degraded.version)  # fmt: skip
     done = restore_io.existing_manifest(final, key)
     if done:
         logger().info("restore: %s already holds this restoration; nothing to do", final)
-        return RestoreOutput(rows=done["rows"], created=False, metrics=done["metrics"],
-                             baseline=done["baseline"], diagnostics=done["diagnostics"], **out)  # fmt: skip
+        return RestoreOutput(
+            rows=done["rows"],
+            created=False,
+            metrics=done["metrics"],
+            baseline=done["baseline"],
+            diagnostics=done["diagnostics"],
+            **out,
+        )
     from models.restoration import Restorer
+    from models.saved import load_vae
 
+    vae = load_vae(resolved.saved_model_dir)
+    spec = build_spec(p, vae.config.feature_shape, vae.config.likelihood, s)
     restorer = Restorer(
         vae, spec, map_steps=s.map_steps, learning_rate=s.learning_rate,
         iterations=s.iterations, burn_in=s.burn_in,
     )  # fmt: skip
-    provenance = {"model_uri": model_uri, "model_name": name, "model_version": resolved.version,
-                  "run_id": resolved.run_id, "dataset": degraded.name, "key": key,
-                  "clean": p["clean"] and {"name": p["clean"].name, "version": p["clean"].version},
-                  "schema_version": restore_io.SCHEMA_VERSION}  # fmt: skip
+    clean = p["clean"] and {"name": p["clean"].name, "version": p["clean"].version}
+    provenance = {
+        "model_uri": model_uri, "model_name": name, "model_version": resolved.version,
+        "run_id": resolved.run_id, "dataset": degraded.name, "key": key, "spec": _jsonable(spec),
+        "clean": clean, "schema_version": restore_io.SCHEMA_VERSION,
+    }  # fmt: skip
     schema = restore_io.restored_schema(spec.input_dim, provenance)
     fill = _restore_fill(p, spec, restorer, METHODS[method], splits, s, schema)
     doc = restore_io.publish_table(final, schema, fill)
     if log_to_mlflow and resolved.run_id and doc["metrics"]:
         tracking.log_metrics(resolved.run_id, mlflow_metrics(doc["metrics"], kind, method))
     logger().info("restore: wrote %d rows to %s %s", doc["rows"], final, doc["metrics"])
-    return RestoreOutput(rows=doc["rows"], created=True, metrics=doc["metrics"],
-                         baseline=doc["baseline"], diagnostics=doc["diagnostics"], **out)  # fmt: skip
+    return RestoreOutput(
+        rows=doc["rows"],
+        created=True,
+        metrics=doc["metrics"],
+        baseline=doc["baseline"],
+        diagnostics=doc["diagnostics"],
+        **out,
+    )
 
 
 def _restore_fill(p, spec, restorer, method, splits, s, schema) -> Callable:

@@ -37,8 +37,12 @@ def decode_latents(
     dataset = manifest.get("dataset") or "table-" + hashlib.sha256(table.encode()).hexdigest()[:8]
     final = restore_io.restored_table_path(root, dataset, name, mversion, FROM_LATENTS)
     stamps = [fs.get_file_info(f).mtime_ns for f in parts]
-    key = {"table": table, "parts": [posixpath.basename(f) for f in parts], "mtimes": stamps,
-           "table_manifest": {k: manifest.get(k) for k in ("model_version", "dataset_version")}}  # fmt: skip
+    key = {
+        "table": table,
+        "parts": [posixpath.basename(f) for f in parts],
+        "mtimes": stamps,
+        "table_manifest": {k: manifest.get(k) for k in ("model_version", "dataset_version")},
+    }
     out = dict(path=final, method=FROM_LATENTS, kind=FROM_LATENTS, model_uri=model_uri,
                model_version=resolved.version, dataset=dataset,
                dataset_version=str(manifest.get("dataset_version", "")))  # fmt: skip

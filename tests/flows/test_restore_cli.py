@@ -122,8 +122,10 @@ def test_user_errors_are_one_line_exit_2_and_write_nothing(aevb, env, capsys, ar
 def test_a_shape_mismatch_found_inside_the_flow_is_still_exit_2(aevb, env, capsys):
     from tasks import datasets
 
-    w = datasets.DatasetWriter(env["root"], "cli-4x4", feature_shape=(4, 4), storage_dtype="float32",
-                               scale=1.0, split_seed=0, source={"kind": "test"})  # fmt: skip
+    w = datasets.DatasetWriter(
+        env["root"], "cli-4x4", feature_shape=(4, 4), storage_dtype="float32", scale=1.0,
+        split_seed=0, source={"kind": "test"},
+    )  # fmt: skip
     with w:
         w.write(C.TEST, ["a", "b"], [[0.5] * 16, [0.25] * 16], None)
         w.commit()
