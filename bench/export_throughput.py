@@ -11,6 +11,8 @@ MLflow store, exactly what `aevb export` resolves.
 Export: `tasks.export.export_latents` over the whole dataset, timed end to end (registry
 download, model load, XLA compile, Parquet read/encode/write, atomic swap) and as the steady
 streaming part alone (a second export into a fresh table with the encoder already compiled).
+The Parquet decode alone and a read-ahead variant (decode overlapped with the encoder, a proposal
+for tasks/export.py) show where the streaming time goes.
 Restoration: `models.restoration.Restorer` on ``--restore-rows`` rows in batches of 500 per
 method (inpaint 50 %: amortized, map with 200 Adam steps, pseudo-gibbs / mwg with 200
 iterations; denoise and 2x superres: map), after one warm-up batch that compiles.
@@ -119,6 +121,37 @@ def bench_export(root: str, uri: str, batch: int) -> None:
     n = max(1, rows // len(x))
     _, wall, cpu = _timed(lambda: [encode(x) for _ in range(n)])
     _line("encoder only (in-memory batches)", n * len(x), wall, cpu)
+    _, wall, cpu = _timed(
+        lambda: [b for s in C.SPLITS for b in export._batches(*args[3:5], s, batch)]
+    )
+    _line("Parquet read + decode only (list<uint8> -> float32)", rows, wall, cpu)
+    # Proposal, measured: decode the next batch in a thread while the encoder runs on this one.
+    real = export._batches
+    export._batches = lambda *a: _read_ahead(real(*a))
+    try:
+        fs.delete_dir_contents(folder)
+        rows, wall, cpu = _timed(lambda: export._write_parts(*args))
+    finally:
+        export._batches = real
+    _line("streaming with a read-ahead thread (not in export.py yet)", rows, wall, cpu)
+
+
+def _read_ahead(batches, depth: int = 2):
+    """Yield the items of ``batches`` while a thread produces the next ``depth`` ones."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(depth)
+    done = object()
+
+    def produce():
+        for item in batches:
+            q.put(item)
+        q.put(done)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (item := q.get()) is not done:
+        yield item
 
 
 def bench_restore(vae, x: np.ndarray, batch: int = 500) -> None:
