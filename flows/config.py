@@ -48,8 +48,36 @@ class DataSection:
     split_seed: int = 0
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
+    # Files read as ONE dataset, one task per shard on the pipeline's task runner (Dask fan-out);
+    # when given, `source` is ignored and `name` is required.
+    shards: tuple[str, ...] = ()
+    # Prefix each row id with its shard's file name ("part-1.csv/17"), so per-file row numbers
+    # cannot collide; set false when the shards carry ids that are unique across files.
+    prefix_shard_ids: bool = True
+    # Reader options of `aevb ingest` as a table, e.g. {id_column = "id", label_column = "y"}.
+    options: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.shards, str) or not isinstance(self.shards, (list, tuple)):
+            raise ConfigError(
+                f'data.shards={self.shards!r} must be a list of files, e.g. ["a.csv"]'
+            )
+        object.__setattr__(self, "shards", tuple(self.shards))
+        if any(not isinstance(f, str) or not f.strip() for f in self.shards):
+            raise ConfigError(f"data.shards={list(self.shards)!r} must hold file paths (strings)")
+        if not isinstance(self.prefix_shard_ids, bool):
+            raise ConfigError(
+                f"data.prefix_shard_ids={self.prefix_shard_ids!r} must be true or false"
+            )
+        if not isinstance(self.options, dict) or any(
+            not isinstance(k, str) or isinstance(v, dict) for k, v in self.options.items()
+        ):
+            raise ConfigError(
+                f"data.options={self.options!r} must be a table of reader options, e.g. "
+                '{id_column = "id", label_column = "label"} (see `aevb ingest --help`)'
+            )
+        if self.shards and self.name is None:
+            raise ConfigError("data.shards needs data.name: the dataset the shards become")
         if not isinstance(self.source, str) or not self.source.strip():
             raise ConfigError(
                 f"data.source={self.source!r} must be a built-in name, file or folder"

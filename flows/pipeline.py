@@ -30,7 +30,8 @@ from flows.config import PipelineConfig, load_config
 from flows.stages import run_ingest_stage, with_io_retries
 from models.errors import PipelineError
 from tasks.evaluate import evaluate_task
-from tasks.export import export_task, latent_table_path
+from tasks.export import latent_table_path
+from tasks.fanout import export_shards, ingest_shards
 from tasks.register import default_model_name, register_task
 from tasks.train import train_task
 
@@ -121,10 +122,18 @@ def run_pipeline(config: PipelineConfig) -> PipelineSummary:
 
     root = resolve_data_root(d.data_root)
     log.info("[1/5] ingest: %s -> %s", d.source, root)
-    ingested, cache_hit = run_ingest_stage(
-        d.source, d.dataset_name, root, p.retries, p.retry_delay_seconds,
-        split_seed=d.split_seed, valid_fraction=d.valid_fraction, test_fraction=d.test_fraction,
-    )  # fmt: skip
+    if d.shards:  # one task per shard file on the flow's task runner (threads or Dask)
+        ingested = ingest_shards(
+            list(d.shards), d.dataset_name, root, d.split_seed, d.valid_fraction, d.test_fraction,
+            options=dict(d.options), prefix_ids=d.prefix_shard_ids, wrap=stage,
+        )  # fmt: skip
+        cache_hit = False
+    else:
+        ingested, cache_hit = run_ingest_stage(
+            d.source, d.dataset_name, root, p.retries, p.retry_delay_seconds,
+            split_seed=d.split_seed, valid_fraction=d.valid_fraction, test_fraction=d.test_fraction,
+            **d.options,
+        )  # fmt: skip
     log.info(
         "[1/5] ingest: %s version %s (%s)",
         ingested.name,
@@ -183,10 +192,10 @@ def run_pipeline(config: PipelineConfig) -> PipelineSummary:
             ).result()  # fmt: skip
             log.info("[4/5] register: %s v%d; %s", registered.name, registered.version,
                      registered.decision)  # fmt: skip
-            exported = stage(export_task).submit(
+            exported = export_shards(  # one task per (split, part file) on the task runner
                 f"models:/{registered.name}@champion", ingested.name, root, ingested.version,
-                config.export.splits, config.export.batch_size,
-            ).result()  # fmt: skip
+                config.export.splits, config.export.batch_size, wrap=stage,
+            )  # fmt: skip
             log.info("[5/5] export: %s (%d rows)", exported.path, exported.rows)
             released_at = time.time()
             summary = _summary(config, ingested, cache_hit, root, trained, evaluated, model_name,

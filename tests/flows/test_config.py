@@ -111,6 +111,9 @@ def test_override_values_are_parsed_as_toml(item, expected):
             r"dask_address='not an address' is not a Dask scheduler address",
         ),
         (["pipeline.dask_address=tcp://10.0.0.5:8786"], r"needs pipeline.task_runner='dask'"),
+        (["data.shards=['a.csv']"], r"data.shards needs data.name"),
+        (["data.shards='a.csv'", "data.name=x"], r"data.shards='a.csv' must be a list"),
+        (["data.shards=[3]", "data.name=x"], r"must hold file paths"),
     ],
 )
 def test_bad_overrides_are_config_errors_naming_the_field(overrides, match):

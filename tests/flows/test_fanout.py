@@ -351,3 +351,38 @@ def test_real_dask_cluster_ingest_and_export_are_identical(
     (state,) = client.run(worker_state).values()
     # the shards were parsed and the parts encoded in the worker process, not in this one
     assert state["pid"] != os.getpid() and state["read_csv"] and state["encoders"] == 1
+
+
+@pytest.mark.slow
+def test_pipeline_with_sharded_input_on_the_dask_runner(shards, ingested_threads, tmp_path):
+    """`aevb pipeline` with data.shards and pipeline.task_runner=dask: the shards become one
+    dataset (same content as the sharded ingest on threads, ids prefixed by file), a model is
+    trained and registered, and the exported table has one row per input row."""
+    from flows.config import load_config
+    from flows.pipeline import pipeline_flow
+    from tasks.export import latent_table_path
+
+    saved = {k: os.environ.get(k) for k in ("AEVB_MLFLOW_DIR", "MLFLOW_TRACKING_URI")}
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ["AEVB_MLFLOW_DIR"] = str(tmp_path / "mlflow")
+    root = str(tmp_path / "data")
+    try:
+        config = load_config(overrides=[
+            f"data.shards={shards['paths']!r}", "data.name='sharded'", f"data.data_root={root!r}",
+            "pipeline.task_runner='dask'", "train.epochs=1", "train.jit_compile=false",
+            "model.hidden_sizes=[8]", "model.latent_dim=2", "evaluate.num_samples=4",
+            "train.batch_size=20", 'data.options={id_column="id", label_column="label"}',
+        ])  # fmt: skip
+        s = pipeline_flow(config)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    assert s.model_name == "aevb-sharded" and s.model_version == 1 and s.promoted
+    table = pq.read_table(latent_table_path(root, "sharded", "aevb-sharded", 1),
+                          ignore_prefixes=["manifest", ".", "_"])  # fmt: skip
+    ids = sorted(table.column(C.COL_ID).to_pylist())
+    want = sorted(f"part-{s}.csv/s{s}-{i}" for s in range(3) for i in range(40 + 10 * s))
+    assert ids == want
