@@ -6,7 +6,8 @@ runs each experiment of `tasks.reproduce.EXPERIMENTS` as a task (one after anoth
 CPU-bound and the machine has few cores), writes `report.md`, PNG figures, `results.json` and
 `results.csv` into ``out_dir`` (rewritten after every experiment, so an interrupted run keeps the
 finished parts), and logs them as one MLflow run in the "aevb-reproduce" experiment.
-Quick mode takes a few minutes on 2 cores, full mode about 40 minutes.
+Quick mode takes a few minutes on 2 idle cores, full mode is sized for about an hour (measured
+run times on a shared machine: docs/reproduce.md).
 """
 
 from __future__ import annotations

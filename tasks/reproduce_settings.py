@@ -79,7 +79,7 @@ def _fit_to_data(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def full_settings(**overrides: Any) -> ReproduceSettings:
-    """About 40 minutes on 2 idle cores."""
+    """Sized for about an hour on 2 idle cores (Fig. 2 alone took 42 min on 2 shared, loaded cores)."""
     return ReproduceSettings(mode="full", **_fit_to_data(overrides))
 
 
