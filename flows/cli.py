@@ -32,7 +32,10 @@ VERB_MODULES: dict[str, str] = {
     "evaluate": "flows.evaluate_cli",
     "models": "flows.models_cli",
     "export": "flows.export_cli",
+    "corrupt": "flows.restore_cli",
+    "restore": "flows.restore_cli",
     "pipeline": "flows.pipeline_cli",
+    "reproduce": "flows.reproduce_cli",
     "serve": "flows.serve",
 }
 
@@ -75,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aevb",
         description="Auto-Encoding Variational Bayes pipeline "
-        "(Kingma & Welling, 2013): ingest, train, evaluate, register, export.",
+        "(Kingma & Welling, 2013): ingest, train, evaluate, register, export, restore, reproduce.",
     )
     parser.add_argument("--version", action="version", version=f"aevb-pipeline {version()}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")

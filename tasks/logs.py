@@ -12,12 +12,8 @@ def logger() -> logging.Logger | logging.LoggerAdapter:
     try:
         return get_run_logger()
     except MissingContextError:
-        log = logging.getLogger("aevb")
-        if not log.handlers:
-            handler = logging.StreamHandler()
-            handler.setFormatter(
-                logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-            )
-            log.addHandler(handler)
-            log.setLevel(logging.INFO)
-        return log
+        # "prefect.aevb": Prefect's console handler prints it, once, in Prefect's format (a handler
+        # of our own would print every line twice and pin whatever sys.stderr was at first use).
+        from prefect.logging import get_logger
+
+        return get_logger("aevb")

@@ -28,6 +28,12 @@ os.environ["AEVB_DATA_ROOT"] = str(_SESSION_TMP / "data-default")
 os.environ["AEVB_MLFLOW_DIR"] = str(_SESSION_TMP / "mlflow-default")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
+# Prefect binds its console log handler to whatever sys.stderr is when it first configures
+# logging. Do that now (pytest's session-long capture), not inside a test using capsys, whose
+# stream is closed after that test and would turn every later Prefect log line into a
+# "--- Logging error ---" traceback on stderr.
+import prefect.main  # noqa: E402, F401  (runs Prefect's setup_logging)
+
 
 @pytest.fixture(scope="session")
 def prefect_harness():
