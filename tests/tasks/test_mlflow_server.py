@@ -119,7 +119,9 @@ def test_pipeline_tracks_and_registers_over_http_and_a_consumer_loads_the_champi
     assert run.data.tags["aevb.dataset"] == "digits"
 
     # A consumer that only knows the server URL and the alias.
+    # mlflow.set_*_uri export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI; monkeypatch undoes both.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", url)
     mlflow.set_tracking_uri(url)
     mlflow.set_registry_uri(url)
     model = mlflow.pyfunc.load_model("models:/aevb-digits@champion")
