@@ -4,13 +4,13 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
 import pytest
 
 from models.errors import PipelineError
+from tests.helpers import env
 
 
 def test_second_holder_fails_clearly_after_the_timeout(prefect_harness):
@@ -55,11 +55,8 @@ def test_two_concurrent_retrains_of_one_model_never_overlap(prefect_harness, tmp
     from tasks import tracking
     from tasks.ingest import ingest
 
-    saved = {k: os.environ.get(k) for k in ("AEVB_MLFLOW_DIR", "MLFLOW_TRACKING_URI")}
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ["AEVB_MLFLOW_DIR"] = str(tmp_path / "mlflow")
     root = str(tmp_path / "data")
-    try:
+    with env(MLFLOW_TRACKING_URI=None, AEVB_MLFLOW_DIR=str(tmp_path / "mlflow")):
         ingest("digits", "digits", root)  # both runs then find the data unchanged
         base = [
             "train.epochs=1", "train.jit_compile=false", "model.hidden_sizes=[16]",
@@ -90,9 +87,3 @@ def test_two_concurrent_retrains_of_one_model_never_overlap(prefect_harness, tmp
         assert {first.model_version, second.model_version} == {1, 2}
         assert not first.skipped and not second.skipped
         assert [v.version for v in tracking.list_versions("aevb-digits")] == [1, 2]
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

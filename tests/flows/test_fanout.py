@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 
 from models import constants as C
 from models.errors import DatasetError
+from tests.helpers import env, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 D = 16  # 4x4 features
@@ -250,19 +250,13 @@ def test_export_in_a_flow_takes_the_pipeline_retry_policy(model_env, exported_th
 
 
 # ----------------------------------------------------------------------------- real cluster
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory):
     """`dask scheduler` + one `dask worker` (1 thread) as subprocesses on 127.0.0.1."""
     from distributed import Client
 
     tmp = tmp_path_factory.mktemp("dask")
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
     bin_dir = Path(sys.executable).parent
@@ -362,11 +356,8 @@ def test_pipeline_with_sharded_input_on_the_dask_runner(shards, ingested_threads
     from flows.pipeline import pipeline_flow
     from tasks.export import latent_table_path
 
-    saved = {k: os.environ.get(k) for k in ("AEVB_MLFLOW_DIR", "MLFLOW_TRACKING_URI")}
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ["AEVB_MLFLOW_DIR"] = str(tmp_path / "mlflow")
     root = str(tmp_path / "data")
-    try:
+    with env(MLFLOW_TRACKING_URI=None, AEVB_MLFLOW_DIR=str(tmp_path / "mlflow")):
         config = load_config(overrides=[
             f"data.shards={shards['paths']!r}", "data.name='sharded'", f"data.data_root={root!r}",
             "pipeline.task_runner='dask'", "train.epochs=1", "train.jit_compile=false",
@@ -374,12 +365,6 @@ def test_pipeline_with_sharded_input_on_the_dask_runner(shards, ingested_threads
             "train.batch_size=20", 'data.options={id_column="id", label_column="label"}',
         ])  # fmt: skip
         s = pipeline_flow(config)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     assert s.model_name == "aevb-sharded" and s.model_version == 1 and s.promoted
     table = pq.read_table(latent_table_path(root, "sharded", "aevb-sharded", 1),
                           ignore_prefixes=["manifest", ".", "_"])  # fmt: skip

@@ -16,6 +16,8 @@ import os
 
 import pytest
 
+from tests.helpers import env
+
 FAST = [
     "train.epochs=1",
     "train.jit_compile=false",
@@ -60,13 +62,10 @@ def runs(prefect_harness, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline-flow")
     # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI, which tracking_uri() then prefers:
     # save and restore both so later modules get their own stores.
-    saved = {k: os.environ.get(k) for k in ("AEVB_MLFLOW_DIR", "MLFLOW_TRACKING_URI")}
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ["AEVB_MLFLOW_DIR"] = str(tmp / "mlflow")
     root = str(tmp / "data")
     base = [*FAST, f"data.data_root={root!r}"]
     out: dict = {"root": root}
-    try:
+    with env(MLFLOW_TRACKING_URI=None, AEVB_MLFLOW_DIR=str(tmp / "mlflow")):
         state = pipeline_flow(load_config(overrides=base), return_state=True)
         out["first"] = state.result()
         out["first_logs"] = _flow_run_logs(state.state_details.flow_run_id)
@@ -100,12 +99,6 @@ def runs(prefect_harness, tmp_path_factory):
         out["versions"] = tracking.list_versions("aevb-digits")
         out["champion"] = tracking.get_alias("aevb-digits", "champion")
         yield out
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def test_first_run_trains_registers_and_exports(runs):

@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.helpers import env, free_port, stop_group
 
 FAST = [
     "train.epochs=2",
@@ -26,19 +26,13 @@ FAST = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """`mlflow server` with a SQLite backend and a local artifact destination; stopped afterwards."""
     import requests
 
     tmp = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -63,13 +57,7 @@ def mlflow_server(tmp_path_factory):
             time.sleep(0.5)
         yield {"url": url, "dir": tmp}
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc)
         log.close()
 
 
@@ -78,20 +66,13 @@ def pipeline_over_http(prefect_harness, mlflow_server, tmp_path_factory):
     from flows.cli import main
 
     tmp = tmp_path_factory.mktemp("over-http")
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "AEVB_MLFLOW_DIR")}
-    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server["url"]
-    os.environ["AEVB_MLFLOW_DIR"] = str(tmp / "must-stay-empty")
-    try:
+    with env(
+        MLFLOW_TRACKING_URI=mlflow_server["url"], AEVB_MLFLOW_DIR=str(tmp / "must-stay-empty")
+    ):
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             rc = main(["pipeline", "digits", "--data-root", str(tmp / "data"), *FAST])
         yield {"rc": rc, "stdout": buf.getvalue(), "root": tmp / "data", "tmp": tmp}
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.mark.slow
