@@ -28,7 +28,6 @@ number of steps, so all of them iterate the same data pipeline (sharded by the s
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,11 +35,10 @@ from typing import Literal
 
 import tensorflow as tf
 
-from models import constants as C
 from models.config import TrainConfig
-from models.errors import ConfigError, TrainingDivergedError
+from models.errors import ConfigError
 from models.objectives import elbo
-from models.training import EpochCallback, Trainer, TrainResult
+from models.training import EpochCallback, Trainer, TrainResult, run_epochs
 
 StrategyKind = Literal["auto", "default", "mirrored", "multi_worker"]
 STRATEGY_KINDS: tuple[str, ...] = ("auto", "default", "mirrored", "multi_worker")
@@ -209,11 +207,8 @@ def fit_distributed(
         own_dir = worker_checkpoint_dir(checkpoint_dir, cluster_info())
         manager = tf.train.CheckpointManager(trainer.checkpoint(), own_dir, max_to_keep=2)
     resumed_from = trainer.restore(manager, checkpoint_dir) if manager is not None else 0
-    history = trainer.read_history()
-    epoch = int(trainer.epoch.numpy())
-    stopped_early = trainer.patience_exhausted() and epoch < config.epochs
-    while not stopped_early and epoch < config.epochs:
-        epoch += 1
+
+    def epoch_data(epoch: int):
         data = make_train_data(epoch)
         if max_steps_per_epoch is not None:
             data = data.take(max_steps_per_epoch)
@@ -222,37 +217,9 @@ def fit_distributed(
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.DATA
         )
-        data = data.with_options(options)
-        metrics = trainer.train_epoch(strategy.experimental_distribute_dataset(data), epoch)
-        if valid_data is not None:
-            metrics.update(trainer.evaluate(valid_data))
-        score = metrics.get(C.VALID_ELBO, metrics[C.TRAIN_ELBO])
-        if not math.isfinite(score):
-            raise TrainingDivergedError(
-                f"training diverged: the validation ELBO is {score} after epoch {epoch}; check the "
-                "validation inputs for NaN/Inf or out-of-range values for model.likelihood",
-                epoch=epoch,
-                step=int(trainer.step.numpy()),
-            )
-        trainer.record_epoch(epoch, score)
-        metrics["epoch"] = float(epoch)
-        history.append(metrics)
-        trainer.history.assign(json.dumps(history))
-        if manager is not None:
-            manager.save(checkpoint_number=epoch)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics)
-        stopped_early = trainer.patience_exhausted() and epoch < config.epochs
-    for v, b in zip(trainer.variables, trainer.best_weights, strict=True):
-        v.assign(b)
-    return TrainResult(
-        epochs_completed=epoch,
-        best_epoch=int(trainer.best_epoch.numpy()),
-        best_valid_elbo=float(trainer.best_elbo.numpy()),
-        stopped_early=stopped_early,
-        resumed_from_epoch=resumed_from,
-        history=history,
-    )
+        return strategy.experimental_distribute_dataset(data.with_options(options))
+
+    return run_epochs(trainer, manager, resumed_from, epoch_data, valid_data, config, on_epoch_end)
 
 
 __all__ = [

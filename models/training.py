@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import tensorflow as tf
 
@@ -278,12 +279,27 @@ def fit(
     if checkpoint_dir:
         manager = tf.train.CheckpointManager(trainer.checkpoint(), checkpoint_dir, max_to_keep=2)
     resumed_from = trainer.restore(manager, checkpoint_dir) if manager is not None else 0
+    return run_epochs(trainer, manager, resumed_from, make_train_data, valid_data, config,
+                      on_epoch_end)  # fmt: skip
+
+
+def run_epochs(
+    trainer: Trainer,
+    manager: tf.train.CheckpointManager | None,
+    resumed_from: int,
+    make_epoch_data: Callable[[int], Any],
+    valid_data: tf.data.Dataset | None,
+    config: TrainConfig,
+    on_epoch_end: EpochCallback | None = None,
+) -> TrainResult:
+    """The epoch loop shared by `fit` and `models.distributed.fit_distributed`: train, validate,
+    stop on NaN, keep the best weights, checkpoint, call back; early stopping on patience."""
     history = trainer.read_history()
     epoch = int(trainer.epoch.numpy())
     stopped_early = trainer.patience_exhausted() and epoch < config.epochs
     while not stopped_early and epoch < config.epochs:
         epoch += 1
-        metrics = trainer.train_epoch(make_train_data(epoch), epoch)
+        metrics = trainer.train_epoch(make_epoch_data(epoch), epoch)
         if valid_data is not None:
             metrics.update(trainer.evaluate(valid_data))
         score = metrics.get(C.VALID_ELBO, metrics[C.TRAIN_ELBO])
