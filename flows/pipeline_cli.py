@@ -35,18 +35,18 @@ def take_misread_override(args: argparse.Namespace) -> None:
         args.source = None
 
 
+def data_overrides(source: str | None, name: str | None, data_root: str | None) -> list[str]:
+    """The `data.*` overrides given by SOURCE, --name and --data-root (the verbs' positional forms)."""
+    pairs = (("source", source), ("name", name), ("data_root", data_root))
+    return [f"data.{key}={json.dumps(value)}" for key, value in pairs if value]
+
+
 def run_pipeline(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline_flow, uses_default_runner, with_task_runner
     from tasks.tracking import tracking_uri
 
     take_misread_override(args)
-    extra = []
-    if args.source:
-        extra.append(f"data.source={json.dumps(args.source)}")
-    if args.name:
-        extra.append(f"data.name={json.dumps(args.name)}")
-    if args.data_root:
-        extra.append(f"data.data_root={json.dumps(args.data_root)}")
+    extra = data_overrides(args.source, args.name, args.data_root)
     config = pipeline_config(args, extra)  # validated before any work starts
     runner = (
         pipeline_flow if uses_default_runner(config) else with_task_runner(pipeline_flow, config)

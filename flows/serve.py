@@ -55,17 +55,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def deployment_parameters(args: argparse.Namespace) -> dict:
     """Parameters of every scheduled run: absolute config path + overrides (validated here)."""
     from flows.config import load_config
-    from flows.pipeline_cli import take_misread_override
+    from flows.pipeline_cli import data_overrides, take_misread_override
 
     take_misread_override(args)
-    overrides = []
-    if args.source:
-        overrides.append(f"data.source={json.dumps(args.source)}")
-    if args.dataset_name:
-        overrides.append(f"data.name={json.dumps(args.dataset_name)}")
-    if args.data_root:
-        root = args.data_root if "://" in args.data_root else os.path.abspath(args.data_root)
-        overrides.append(f"data.data_root={json.dumps(root)}")
+    root = args.data_root
+    if root and "://" not in root:
+        root = os.path.abspath(root)  # scheduled runs may start in another folder
+    overrides = data_overrides(args.source, args.dataset_name, root)
     overrides += list(getattr(args, "overrides", None) or [])
     config_file = os.path.abspath(args.config) if args.config else None
     load_config(config_file, overrides)  # fail now, not at 03:00
