@@ -41,8 +41,8 @@ SHAPE, DIM = (28, 28), 784
 
 def make_dataset(root: str, rows: int) -> str:
     """Ingest Fashion-MNIST if installed, else write synthetic rows; returns a description."""
-    from tasks import datasets
     from tasks.sources.builtin import FASHION_MNIST_DIR
+    from tasks.store.writer import DatasetWriter
 
     if os.path.isdir(FASHION_MNIST_DIR):
         from tasks.ingest import ingest
@@ -50,7 +50,7 @@ def make_dataset(root: str, rows: int) -> str:
         ingest("fashion-mnist", "bench", root)
         return f"real Fashion-MNIST from {FASHION_MNIST_DIR}"
     rng = np.random.default_rng(0)
-    w = datasets.DatasetWriter(
+    w = DatasetWriter(
         root,
         "bench",
         feature_shape=SHAPE,
@@ -100,40 +100,40 @@ def _line(label: str, rows: int, wall: float, cpu: float) -> None:
 def bench_export(root: str, uri: str, batch: int) -> None:
     """End to end, then the streaming part alone (read + encode + write, encoder compiled), then
     the encoder alone on in-memory batches (the upper bound)."""
-    import posixpath
+    import json
+    import tempfile
 
     from models import constants as C
-    from tasks import datasets, export, storage, tracking
+    from tasks import export, tracking
+    from tasks.store import datasets, readers
 
     out, wall, cpu = _timed(lambda: export.export_latents(uri, "bench", root, batch_size=batch))
     print(f"export of {out.rows} rows, batch {batch}:")
     _line("end to end (registry download, XLA compile, read, write)", out.rows, wall, cpu)
-    encode, k = export.make_encoder(tracking.resolve_model(uri).saved_model_dir)
+    saved = tracking.resolve_model(uri).saved_model_dir
+    encode = export.make_encoder(saved)
     manifest = datasets.load_manifest(root, "bench")
-    _, _, x = next(export._batches(root, manifest, C.TRAIN, batch))
+    _, x, _ = next(readers.iter_batches(root, "bench", manifest.version, C.TRAIN, batch))
     encode(x)  # compile for the full batch shape
-    fs, folder = storage.filesystem(posixpath.join(root, "bench-stream"))
-    fs.create_dir(folder)
-    schema = export.latent_schema(k)
-    args = (fs, folder, schema, root, manifest, C.SPLITS, batch, encode, 0)
-    rows, wall, cpu = _timed(lambda: export._write_parts(*args))
+    latent_dim = encode(x[:1])[0].shape[1]
+    provenance = json.dumps({"latent_dim": latent_dim, "samples": 0})
+    parts = [
+        (s, p) for s in C.SPLITS for p in readers.split_files(root, "bench", manifest.version, s)
+    ]
+
+    def stream() -> int:
+        with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
+            return sum(
+                export.encode_part(saved, part, f"{tmp}/part-{i:05d}.parquet", split,
+                                   manifest.to_json(), provenance, batch, [0, 0, i])
+                for i, (split, part) in enumerate(parts)
+            )  # fmt: skip
+
+    rows, wall, cpu = _timed(stream)
     _line("streaming: Parquet read + encode + Parquet write", rows, wall, cpu)
     n = max(1, rows // len(x))
     _, wall, cpu = _timed(lambda: [encode(x) for _ in range(n)])
     _line("encoder only (in-memory batches)", n * len(x), wall, cpu)
-    _, wall, cpu = _timed(
-        lambda: [b for s in C.SPLITS for b in export._batches(*args[3:5], s, batch)]
-    )
-    _line("Parquet read + decode only (list<uint8> -> float32)", rows, wall, cpu)
-    # Proposal, measured: decode the next batch in a thread while the encoder runs on this one.
-    real = export._batches
-    export._batches = lambda *a: _read_ahead(real(*a))
-    try:
-        fs.delete_dir_contents(folder)
-        rows, wall, cpu = _timed(lambda: export._write_parts(*args))
-    finally:
-        export._batches = real
-    _line("streaming with a read-ahead thread (not in export.py yet)", rows, wall, cpu)
 
 
 def _read_ahead(batches, depth: int = 2):
@@ -157,7 +157,8 @@ def _read_ahead(batches, depth: int = 2):
 def bench_restore(vae, x: np.ndarray, batch: int = 500) -> None:
     import tensorflow as tf
 
-    from models.restoration import DegradationSpec, Restorer, degrade
+    from models.degradations import DegradationSpec, degrade
+    from models.restoration import Restorer
 
     cases = [("inpaint", m) for m in ("amortized", "map", "pseudo_gibbs", "mwg")]
     cases += [("gaussian", "map"), ("superres", "map")]

@@ -27,10 +27,12 @@ sys.path.insert(0, REPO)
 
 import numpy as np  # noqa: E402
 
-from tasks import datasets as ds  # noqa: E402
 from tasks.ingest import ingest  # noqa: E402
 from tasks.sources.builtin import FASHION_MNIST_DIR  # noqa: E402
 from tasks.sources.idx import write_idx  # noqa: E402
+from tasks.store import datasets as ds  # noqa: E402
+from tasks.store import streaming  # noqa: E402
+from tasks.store.writer import DatasetWriter  # noqa: E402
 
 PIXELS = 28 * 28
 
@@ -124,7 +126,7 @@ def epoch_rate(
     """(examples/s, CPU-s per epoch) of the best of ``epochs`` shuffled epochs (first = warm-up)."""
     best = (0.0, 0.0)
     for epoch in range(epochs):
-        d = ds.make_tf_dataset(
+        d = streaming.make_tf_dataset(
             root, name, None, "train", batch, shuffle=True, seed=0, epoch=epoch, in_memory=in_memory
         )
         t, c, n = time.perf_counter(), time.process_time(), 0
@@ -159,7 +161,7 @@ def write_big(root: str, name: str, rows: int) -> None:
     """A synthetic rows x 784 uint8 dataset written chunk by chunk (never all in memory)."""
     if ds.current_version(root, name):
         return
-    writer = ds.DatasetWriter(
+    writer = DatasetWriter(
         root, name, feature_shape=(28, 28), storage_dtype="uint8", scale=1 / 255, split_seed=0,
         source={"kind": "synthetic", "rows": rows},
     )  # fmt: skip
@@ -175,9 +177,11 @@ RSS_CHILD = """
 import os, resource, sys, time, json
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 sys.path.insert(0, {repo!r})
-from tasks import datasets as ds
+from tasks.store import datasets as ds  # noqa: E402
+from tasks.store import streaming
+from tasks.store.writer import DatasetWriter
 import tensorflow as tf
-d = ds.make_tf_dataset({root!r}, {name!r}, None, "train", 100, shuffle=True, in_memory=False)
+d = streaming.make_tf_dataset({root!r}, {name!r}, None, "train", 100, shuffle=True, in_memory=False)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t, n = time.perf_counter(), 0
 for b in d:

@@ -1,6 +1,6 @@
 """The `aevb` command line: one verb per stage plus the pipeline.
 
-Exit codes (DESIGN.md): 0 success; 2 with a one-line message for user errors (`PipelineError`, bad
+Exit codes (docs/design.md): 0 success; 2 with a one-line message for user errors (`PipelineError`, bad
 arguments); 1 with a traceback for internal errors. Heavy imports (Prefect, TF, MLflow) happen only
 inside the verb that needs them, so `aevb --help` is quick.
 """
@@ -24,20 +24,20 @@ for _k, _v in {
 }.items():
     os.environ.setdefault(_k, _v)
 
-# verb -> module exposing `add_parser(subparsers)`; each parser sets `func=run(args) -> int`.
-VERB_MODULES: dict[str, str] = {
-    "ingest": "flows.commands",
-    "datasets": "flows.commands",
-    "train": "flows.commands",
-    "evaluate": "flows.evaluate_cli",
-    "models": "flows.models_cli",
-    "export": "flows.export_cli",
-    "corrupt": "flows.restore_cli",
-    "restore": "flows.restore_cli",
-    "pipeline": "flows.pipeline_cli",
-    "reproduce": "flows.reproduce_cli",
-    "serve": "flows.serve",
-}
+# verb -> module under flows/commands/ exposing `add_parser(subparsers)`; each sets `func`.
+VERBS = (
+    "ingest",
+    "datasets",
+    "train",
+    "evaluate",
+    "models",
+    "export",
+    "corrupt",
+    "restore",
+    "pipeline",
+    "serve",
+    "reproduce",
+)
 
 
 def version() -> str:
@@ -82,11 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"aevb-pipeline {version()}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    seen = set()
-    for module_name in VERB_MODULES.values():
-        if module_name not in seen:
-            seen.add(module_name)
-            importlib.import_module(module_name).add_parsers(sub)
+    for verb in VERBS:
+        importlib.import_module(f"flows.commands.{verb}").add_parser(sub)
     return parser
 
 

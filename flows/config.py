@@ -11,7 +11,8 @@
                 task_runner ("threads" | "dask"), dask_address, workers
 
 Unknown sections or keys are errors that list the valid ones. The resolved config is logged to
-MLflow as params.
+MLflow as params. `parse_reproduce_overrides` reads the `aevb reproduce` KEY=VALUE settings (typed
+fields of `tasks.reproduce.settings.ReproduceSettings`, tuples as comma lists).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,7 +86,7 @@ class DataSection:
             )
         if self.name is not None:
             from models.errors import DatasetError
-            from tasks.datasets import validate_name
+            from tasks.store.datasets import validate_name
 
             try:
                 validate_name(self.name)
@@ -171,7 +173,7 @@ class PipelineSection:
     workers: int = 0  # threads (or local Dask threads); 0 = the runner's default
 
     def __post_init__(self) -> None:
-        from tasks.fanout import check_runner
+        from tasks.runners import check_runner
 
         if not isinstance(self.retrain_on_unchanged, bool):
             raise ConfigError(
@@ -291,3 +293,59 @@ def load_config(
         values.update(given)
         built[name] = cls(**values)
     return PipelineConfig(preset=preset, **built)
+
+
+# ----------------------------------------------------------------------------- reproduce
+
+
+def _reproduce_fields() -> dict[str, Any]:
+    from tasks.reproduce.settings import ReproduceSettings
+
+    hints = typing.get_type_hints(ReproduceSettings)
+    return {f.name: hints[f.name] for f in dataclasses.fields(ReproduceSettings)}
+
+
+def _convert_typed(key: str, text: str, kind: Any) -> Any:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    try:
+        if origin is tuple:
+            item = args[0]
+            parts = [t.strip() for t in text.strip("()[] ").split(",") if t.strip()]
+            values = tuple(_convert_typed(key, t, item) for t in parts)
+            if args[-1] is not Ellipsis and len(values) != len(args):
+                raise ValueError(f"expected {len(args)} values")
+            if not values:
+                raise ValueError("empty list")
+            return values
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError("expected true or false")
+            return text.lower() in ("true", "1")
+        if kind is int:
+            return int(text.replace("_", ""))
+        if kind is float:
+            return float(text)
+        return text
+    except ValueError as exc:
+        raise ConfigError(f"reproduce override {key}={text!r}: {exc}") from exc
+
+
+def parse_reproduce_overrides(items: list[str]) -> dict[str, Any]:
+    """``["fig2_latents=3,20", ...]`` -> typed `ReproduceSettings` fields (ConfigError if unknown)."""
+    types, out = _reproduce_fields(), {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in types or key in ("mode", "seed", "dataset"):
+            settable = sorted(set(types) - {"mode", "seed", "dataset"})
+            raise ConfigError(
+                f"reproduce: unknown setting {item!r}; use --quick/--full, --seed, --dataset, or "
+                f"one of {', '.join(settable)}"
+            )
+        out[key] = _convert_typed(key, value.strip(), types[key])
+    for key, value in out.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+            raise ConfigError(f"reproduce override {key}={value!r} must be > 0")
+        if isinstance(value, tuple) and any(v <= 0 for v in value):
+            raise ConfigError(f"reproduce override {key}={list(value)!r}: values must be > 0")
+    return out

@@ -1,8 +1,9 @@
-"""The `pipeline` flow: ingest -> train -> evaluate -> gate/register -> export, and its scheduled form.
+"""The `pipeline` flow: ingest -> train -> evaluate -> gate/register -> export, and its scheduled
+form `retrain_flow` (composition only: every stage is a task of tasks/).
 
-Stages are Prefect tasks submitted to the flow's task runner (threads by default, Dask with
-`pipeline.task_runner = "dask"`); they hand each other names, versions, run ids, paths and URIs,
-never arrays. Semantics an operator can rely on:
+Stages run on the flow's task runner (threads by default, Dask with `pipeline.task_runner =
+"dask"`) and hand each other names, versions, run ids, paths and URIs, never arrays. What an
+operator can rely on:
 
 - unchanged source content is not re-ingested (the ingest task's cache key is the content hash);
 - unchanged dataset version *and* config: training finds its identical finished run and nothing
@@ -12,58 +13,34 @@ never arrays. Semantics an operator can rely on:
 - two retrains of the same registered model never overlap: everything after ingest holds the
   Prefect global concurrency limit `aevb-train-<model name>` (1 slot). A second run *waits* for it
   up to `pipeline.lock_timeout_seconds`, then fails with a one-line `PipelineError`;
-- stages retry only after transient I/O errors (flows/stages.py);
+- stages retry only after transient I/O errors (tasks/runners.py);
 - a markdown artifact `aevb-<model name>-summary` holds MLflow links and a metrics table.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from prefect import flow, get_run_logger
 
 from flows.config import PipelineConfig, load_config
-from flows.stages import run_ingest_stage, with_io_retries
+from flows.stages import run_ingest_task
+from flows.summary import Outcome, PipelineSummary, publish_artifact
 from models.errors import PipelineError
+from tasks import tracking
 from tasks.evaluate import evaluate_task
-from tasks.export import latent_table_path
-from tasks.fanout import export_shards, ingest_shards
+from tasks.export import encode_part_task, export_latents
+from tasks.ingest import ingest, ingest_task, stage_shard_task
 from tasks.register import default_model_name, register_task
-from tasks.train import train_task
+from tasks.runners import make_task_runner, with_io_retries
+from tasks.store.roots import resolve_data_root
+from tasks.store.tables import latent_table_path
+from tasks.store.writer import IngestResult
+from tasks.train import TrainOutput, train_task
 
 LOCK_PREFIX = "aevb-train-"
-
-
-@dataclass(frozen=True)
-class PipelineSummary:
-    dataset: str
-    dataset_version: str
-    dataset_path: str
-    dataset_created: bool  # False: identical content was already stored
-    ingest_cache_hit: bool  # the Prefect cache answered the ingest task
-    data_root: str
-    run_id: str
-    experiment: str
-    saved_model_dir: str
-    skipped: bool  # nothing to retrain: the registered model already saw this data and config
-    test_elbo: float | None
-    test_log_marginal_likelihood: float | None
-    test_log_marginal_likelihood_stderr: float | None
-    num_importance_samples: int | None
-    model_name: str
-    model_version: int | None
-    promoted: bool
-    decision: str
-    latent_table: str
-    latent_rows: int
-    lock_wait_seconds: float
-    lock_acquired_at: float
-    lock_released_at: float
-    artifact_key: str
 
 
 def lock_name(model_name: str) -> str:
@@ -109,31 +86,132 @@ def model_lock(model_name: str, timeout_seconds: float) -> Iterator[float]:
         ) from exc
 
 
+def _stage(config: PipelineConfig):
+    p = config.pipeline
+    return lambda task: with_io_retries(task, p.retries, p.retry_delay_seconds)
+
+
+def ingest_step(config: PipelineConfig, root: str) -> tuple[IngestResult, bool]:
+    """The data section as one dataset version; (result, Prefect cache hit)."""
+    d, stage = config.data, _stage(config)
+    split = dict(
+        split_seed=d.split_seed, valid_fraction=d.valid_fraction, test_fraction=d.test_fraction
+    )
+    if d.shards and not uses_default_runner(config):  # one task per shard on the task runner
+        result = ingest(
+            list(d.shards),
+            d.dataset_name,
+            root,
+            **split,
+            **dict(d.options),
+            prefix_ids=d.prefix_shard_ids,
+            shard_task=stage(stage_shard_task),
+        )
+        return result, False
+    source = list(d.shards) if d.shards else d.source
+    return run_ingest_task(
+        stage(ingest_task),
+        source,
+        d.dataset_name,
+        root,
+        **split,
+        prefix_ids=d.prefix_shard_ids if d.shards else False,
+        **dict(d.options),
+    )
+
+
+def unchanged_step(
+    config: PipelineConfig, ingested: IngestResult, trained: TrainOutput, model_name: str, root: str
+) -> Outcome | None:
+    """The outcome when this exact training is already registered (nothing to do), else None."""
+    if not trained.reused:
+        return None
+    registered = [v for v in tracking.list_versions(model_name) if v.run_id == trained.run_id]
+    if not registered:
+        return None
+    version = registered[-1]
+    champion = tracking.get_alias(model_name, "champion")
+    is_champion = champion is not None and champion.version == version.version
+    decision = (
+        f"skipped: dataset version {ingested.version[:12]} and config unchanged since "
+        f"{model_name} v{version.version} (MLflow run {trained.run_id}); nothing to retrain "
+        "(set pipeline.retrain_on_unchanged=true to retrain anyway)"
+    )
+    shown = champion.version if champion is not None else version.version
+    table = latent_table_path(root, ingested.name, model_name, shown)
+    return Outcome(None, version.version, is_champion, decision, table, 0, skipped=True)
+
+
+def evaluate_register_export(
+    config: PipelineConfig, ingested: IngestResult, trained: TrainOutput, model_name: str, root: str
+) -> Outcome:
+    log, e, stage = get_run_logger(), config.evaluate, _stage(config)
+    log.info("[3/5] evaluate: %s split, K=%d importance samples", e.split, e.num_samples)
+    evaluated = (
+        stage(evaluate_task)
+        .submit(
+            trained.saved_model_dir,
+            ingested.name,
+            ingested.version,
+            root,
+            e.split,
+            e.num_samples,
+            e.batch_size,
+            e.seed,
+            run_id=trained.run_id,
+        )
+        .result()
+    )
+    log.info(
+        "[3/5] evaluate: log p(x) %.3f +- %.3f nats, ELBO %.3f",
+        evaluated.log_marginal_likelihood,
+        evaluated.log_marginal_likelihood_stderr,
+        evaluated.elbo,
+    )
+    registered = (
+        stage(register_task)
+        .submit(
+            trained.run_id,
+            trained.saved_model_dir,
+            ingested.name,
+            ingested.version,
+            evaluated.log_marginal_likelihood,
+            model_name,
+            root,
+            e.split,
+            e.num_samples,
+            e.seed,
+        )
+        .result()
+    )
+    log.info("[4/5] register: %s v%d; %s", registered.name, registered.version, registered.decision)
+    exported = export_latents(  # one task per (split, part file) on the flow's task runner
+        f"models:/{registered.name}@champion",
+        ingested.name,
+        root,
+        ingested.version,
+        config.export.splits,
+        config.export.batch_size,
+        part_task=stage(encode_part_task),
+    )
+    log.info("[5/5] export: %s (%d rows)", exported.path, exported.rows)
+    return Outcome(
+        evaluated,
+        registered.version,
+        registered.promoted,
+        registered.decision,
+        exported.path,
+        exported.rows,
+        skipped=False,
+    )
+
+
 def run_pipeline(config: PipelineConfig) -> PipelineSummary:
     """The body shared by `pipeline_flow` and `retrain_flow` (must run inside a flow)."""
-    from tasks import tracking
-    from tasks.datasets import resolve_data_root
-
     log = get_run_logger()
-    d, p, e = config.data, config.pipeline, config.evaluate
-
-    def stage(task):
-        return with_io_retries(task, p.retries, p.retry_delay_seconds)
-
-    root = resolve_data_root(d.data_root)
-    log.info("[1/5] ingest: %s -> %s", d.source, root)
-    if d.shards:  # one task per shard file on the flow's task runner (threads or Dask)
-        ingested = ingest_shards(
-            list(d.shards), d.dataset_name, root, d.split_seed, d.valid_fraction, d.test_fraction,
-            options=dict(d.options), prefix_ids=d.prefix_shard_ids, wrap=stage,
-        )  # fmt: skip
-        cache_hit = False
-    else:
-        ingested, cache_hit = run_ingest_stage(
-            d.source, d.dataset_name, root, p.retries, p.retry_delay_seconds,
-            split_seed=d.split_seed, valid_fraction=d.valid_fraction, test_fraction=d.test_fraction,
-            **d.options,
-        )  # fmt: skip
+    root = resolve_data_root(config.data.data_root)
+    log.info("[1/5] ingest: %s -> %s", config.data.source, root)
+    ingested, cache_hit = ingest_step(config, root)
     log.info(
         "[1/5] ingest: %s version %s (%s)",
         ingested.name,
@@ -141,120 +219,38 @@ def run_pipeline(config: PipelineConfig) -> PipelineSummary:
         "new content" if ingested.created else "unchanged; nothing written",
     )
     model_name = config.register.model_name or default_model_name(ingested.name)
-    evaluated = None
     log.info("[2/5] train: waiting for the retrain lock %s", lock_name(model_name))
-    with model_lock(model_name, p.lock_timeout_seconds) as waited:
+    with model_lock(model_name, config.pipeline.lock_timeout_seconds) as waited:
         acquired_at = time.time()
         log.info("[2/5] train: lock acquired after %.1f s", waited)
-        trained = stage(train_task).submit(
-            ingested.name, config.model, config.train, root, ingested.version,
-            force=p.retrain_on_unchanged,
-        ).result()  # fmt: skip
-        registered_before = [
-            v for v in tracking.list_versions(model_name) if v.run_id == trained.run_id
-        ] if trained.reused else []  # fmt: skip
-        if registered_before:
-            version = registered_before[-1]
-            champion = tracking.get_alias(model_name, "champion")
-            is_champion = champion is not None and champion.version == version.version
-            decision = (
-                f"skipped: dataset version {ingested.version[:12]} and config unchanged since "
-                f"{model_name} v{version.version} (MLflow run {trained.run_id}); nothing to retrain "
-                "(set pipeline.retrain_on_unchanged=true to retrain anyway)"
+        trained = (
+            _stage(config)(train_task)
+            .submit(
+                ingested.name,
+                config.model,
+                config.train,
+                root,
+                ingested.version,
+                force=config.pipeline.retrain_on_unchanged,
             )
-            log.info("[3/5] %s", decision)
-            shown = champion.version if champion is not None else version.version
-            table = latent_table_path(root, ingested.name, model_name, shown)
-            released_at = time.time()
-            summary = _summary(config, ingested, cache_hit, root, trained, None, model_name,
-                               version.version, is_champion, decision, table, 0,
-                               waited, acquired_at, released_at, skipped=True)  # fmt: skip
+            .result()
+        )
+        outcome = unchanged_step(config, ingested, trained, model_name, root)
+        if outcome is not None:
+            log.info("[3/5] %s", outcome.decision)
         else:
             log.info(
                 "[2/5] train: %s (run %s)",
                 "reused the finished identical run" if trained.reused else "done",
                 trained.run_id,
             )
-            log.info("[3/5] evaluate: %s split, K=%d importance samples", e.split, e.num_samples)
-            evaluated = stage(evaluate_task).submit(
-                trained.saved_model_dir, ingested.name, ingested.version, root, e.split,
-                e.num_samples, e.batch_size, e.seed, run_id=trained.run_id,
-            ).result()  # fmt: skip
-            log.info(
-                "[3/5] evaluate: log p(x) %.3f +- %.3f nats, ELBO %.3f",
-                evaluated.log_marginal_likelihood,
-                evaluated.log_marginal_likelihood_stderr,
-                evaluated.elbo,
-            )
-            registered = stage(register_task).submit(
-                trained.run_id, trained.saved_model_dir, ingested.name, ingested.version,
-                evaluated.log_marginal_likelihood, model_name, root, e.split, e.num_samples, e.seed,
-            ).result()  # fmt: skip
-            log.info("[4/5] register: %s v%d; %s", registered.name, registered.version,
-                     registered.decision)  # fmt: skip
-            exported = export_shards(  # one task per (split, part file) on the task runner
-                f"models:/{registered.name}@champion", ingested.name, root, ingested.version,
-                config.export.splits, config.export.batch_size, wrap=stage,
-            )  # fmt: skip
-            log.info("[5/5] export: %s (%d rows)", exported.path, exported.rows)
-            released_at = time.time()
-            summary = _summary(config, ingested, cache_hit, root, trained, evaluated, model_name,
-                               registered.version, registered.promoted, registered.decision,
-                               exported.path, exported.rows, waited, acquired_at, released_at,
-                               skipped=False)  # fmt: skip
-    _publish_artifact(summary, trained, evaluated)
+            outcome = evaluate_register_export(config, ingested, trained, model_name, root)
+        released_at = time.time()
+    summary = PipelineSummary.of(
+        ingested, cache_hit, root, trained, model_name, outcome, waited, acquired_at, released_at
+    )
+    publish_artifact(summary, trained, outcome.evaluated)
     return summary
-
-
-def _summary(config, ingested, cache_hit, root, trained, evaluated, model_name, version, promoted,
-             decision, table, rows, waited, acquired_at, released_at, skipped) -> PipelineSummary:  # fmt: skip
-    return PipelineSummary(
-        dataset=ingested.name,
-        dataset_version=ingested.version,
-        dataset_path=ingested.path,
-        dataset_created=ingested.created,
-        ingest_cache_hit=cache_hit,
-        data_root=root,
-        run_id=trained.run_id,
-        experiment=trained.experiment,
-        saved_model_dir=trained.saved_model_dir,
-        skipped=skipped,
-        test_elbo=None if evaluated is None else evaluated.elbo,
-        test_log_marginal_likelihood=None
-        if evaluated is None
-        else evaluated.log_marginal_likelihood,
-        test_log_marginal_likelihood_stderr=None
-        if evaluated is None
-        else evaluated.log_marginal_likelihood_stderr,
-        num_importance_samples=None if evaluated is None else evaluated.num_samples,
-        model_name=model_name,
-        model_version=version,
-        promoted=promoted,
-        decision=decision,
-        latent_table=table,
-        latent_rows=rows,
-        lock_wait_seconds=waited,
-        lock_acquired_at=acquired_at,
-        lock_released_at=released_at,
-        artifact_key=artifact_key(model_name),
-    )
-
-
-def artifact_key(model_name: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    return re.sub(r"[^a-z0-9-]+", "-", f"aevb-{model_name}-summary".lower()).strip("-")
-
-
-def _publish_artifact(summary: PipelineSummary, trained, evaluated) -> None:
-    from prefect.artifacts import create_markdown_artifact
-
-    from flows.pipeline_cli import summary_markdown
-
-    create_markdown_artifact(
-        markdown=summary_markdown(summary, trained, evaluated),
-        key=summary.artifact_key,
-        description=f"aevb pipeline: {summary.dataset} -> {summary.model_name}",
-    )
 
 
 @flow(name="aevb-pipeline", log_prints=True)
@@ -280,8 +276,6 @@ def uses_default_runner(config: PipelineConfig) -> bool:
 
 def with_task_runner(flow_obj, config: PipelineConfig):
     """``flow_obj`` running its tasks on the runner named by ``config.pipeline``."""
-    from tasks.fanout import make_task_runner
-
     p = config.pipeline
     return flow_obj.with_options(
         task_runner=make_task_runner(p.task_runner, p.dask_address or None, p.workers or None)

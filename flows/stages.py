@@ -1,93 +1,34 @@
-"""One Prefect flow per stage (`aevb ingest|train|evaluate|export`), the stages' retry policy, and
-fan-out flows over several sources or datasets (thread pool or Dask, see tasks/fanout.py).
+"""Every single-stage Prefect flow: what `aevb ingest|train|evaluate|export|corrupt|restore` run.
 
-Retry policy: a stage is retried only after a *transient I/O* error - a refused or reset
-connection, a timeout, an HTTP 429/5xx from the tracking server, a locked SQLite store, an object
-store that cannot be reached. A `PipelineError` (bad input, bad config, diverged training) or any
-other exception fails at once: retrying a deterministic failure only repeats it.
+Each flow is a thin shell around one stage task (tasks/), so every verb shows up in the Prefect UI
+with its task run, logs and artifacts. The pipeline (flows/pipeline.py) composes the same tasks.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from typing import Any
 
-from prefect import Task, flow
-from prefect.futures import wait
+from prefect import flow
 
 from flows.config import PipelineConfig
-from models.errors import PipelineError
+from models import constants as C
+from tasks.corrupt import CorruptOutput, corrupt_task
 from tasks.evaluate import EvaluationSummary, evaluate_task
 from tasks.export import ExportOutput, export_task
-from tasks.ingest import IngestResult, ingest_task, run_ingest_task
+from tasks.ingest import ingest_task
+from tasks.restore import RestoreOutput, RestoreSettings, decode_latents_task, restore_task
+from tasks.store.writer import IngestResult
 from tasks.train import TrainOutput, train_task
 
-# Messages of wrapped errors (MlflowException, pyarrow OSError) that mean "try again later".
-_TRANSIENT_TEXT = re.compile(
-    r"connection (refused|reset|aborted)|max retries exceeded|timed? ?out|temporarily unavailable|"
-    r"service unavailable|too many requests|bad gateway|gateway timeout|database is locked|"
-    r"couldn't connect|could not connect|name or service not known|network ?error|"
-    r"\b(429|502|503|504)\b|NETWORK_CONNECTION|remotedisconnected",
-    re.IGNORECASE,
-)
-_TRANSIENT_TYPES = {
-    "ConnectionError", "Timeout", "ConnectTimeout", "ReadTimeout", "TimeoutException",
-    "ConnectError", "ReadError", "NewConnectionError", "MaxRetryError", "ProtocolError",
-    "RemoteDisconnected", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
-}  # fmt: skip
 
-
-def is_transient_io_error(exc: BaseException | None) -> bool:
-    """True for connection/timeout-type failures (also when wrapped); never for a PipelineError."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, PipelineError):
-            return False
-        if isinstance(exc, (ConnectionError, TimeoutError)):
-            return True
-        if any(cls.__name__ in _TRANSIENT_TYPES for cls in type(exc).__mro__):
-            return True
-        if type(exc).__name__ in ("MlflowException", "OSError", "OperationalError", "ArrowIOError"):
-            if _TRANSIENT_TEXT.search(str(exc)):
-                return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def retry_on_transient_io(task: Task, task_run: Any, state: Any) -> bool:
-    """Prefect `retry_condition_fn`: retry only what `is_transient_io_error` accepts."""
-    exc = state.data if isinstance(state.data, BaseException) else None
-    if exc is None:
-        try:
-            state.result(raise_on_failure=True)
-        except Exception as err:  # noqa: BLE001 - we only classify it
-            exc = err
-    return is_transient_io_error(exc)
-
-
-def with_io_retries(task: Task, retries: int = 3, delay_seconds: float = 10.0) -> Task:
-    """``task`` with the pipeline's retry policy (``retries`` attempts after a transient error)."""
-    return task.with_options(
-        retries=retries,
-        retry_delay_seconds=delay_seconds,
-        retry_condition_fn=retry_on_transient_io,
-    )
-
-
-def run_ingest_stage(
-    source: str,
-    name: str | None,
-    data_root: str | None,
-    retries: int = 0,
-    delay_seconds: float = 0.0,
-    **kwargs: Any,
+def run_ingest_task(
+    task: Any, source: str | list[str], name: str | None, data_root: str | None, **kwargs: Any
 ) -> tuple[IngestResult, bool]:
-    """`ingest_task` with retries; returns (result, cache_hit). A cache hit means unchanged source."""
-    state = with_io_retries(ingest_task, retries, delay_seconds)(
-        source, name, data_root, return_state=True, **kwargs
-    )
+    """Call an ingest task (``ingest_task``, maybe with retries); returns (result, cache_hit).
+
+    A cache hit means the source content is unchanged: the result then says ``created=False``.
+    """
+    state = task(source, name, data_root, return_state=True, **kwargs)
     result: IngestResult = state.result()
     cached = state.name == "Cached"
     if cached and result.created:
@@ -97,23 +38,28 @@ def run_ingest_stage(
 
 @flow(name="aevb-ingest")
 def ingest_flow(
-    source: str,
+    source: str | list[str],
     name: str | None = None,
     data_root: str | None = None,
     split_seed: int = 0,
     valid_fraction: float = 0.1,
     test_fraction: float = 0.1,
-    options: dict | None = None,
+    options: dict[str, Any] | None = None,
+    prefix_ids: bool = False,
 ) -> IngestResult:
-    return run_ingest_task(
+    """One source (or several shard files) -> one dataset version (cached on the content)."""
+    result, _ = run_ingest_task(
+        ingest_task,
         source,
         name,
         data_root,
         split_seed=split_seed,
         valid_fraction=valid_fraction,
         test_fraction=test_fraction,
+        prefix_ids=prefix_ids,
         **(options or {}),
     )
+    return result
 
 
 @flow(name="aevb-train")
@@ -133,11 +79,15 @@ def evaluate_flow(
     dataset: str,
     version: str | None = None,
     data_root: str | None = None,
-    split: str = "test",
+    split: str = C.TEST,
     num_samples: int = 5000,
     batch_size: int = 500,
     seed: int = 0,
     run_id: str | None = None,
+    method: str = "is",
+    max_points: int | None = None,
+    options: dict[str, Any] | None = None,
+    model_label: str | None = None,
 ) -> EvaluationSummary:
     return evaluate_task(
         saved_model_dir,
@@ -149,6 +99,11 @@ def evaluate_flow(
         batch_size,
         seed,
         run_id=run_id,
+        method=method,
+        max_points=max_points,
+        options=options,
+        model_label=model_label,
+        publish=True,
     )
 
 
@@ -158,65 +113,46 @@ def export_flow(
     dataset: str,
     data_root: str | None = None,
     version: str | None = None,
-    splits: tuple[str, ...] = ("train", "valid", "test"),
+    splits: tuple[str, ...] = C.SPLITS,
     batch_size: int = 2000,
+    samples: int = 0,
+    seed: int = 0,
 ) -> ExportOutput:
-    return export_task(model_uri, dataset, data_root, version, splits, batch_size)
+    return export_task(model_uri, dataset, data_root, version, splits, batch_size, samples, seed)
 
 
-# ----------------------------------------------------------------------------- fan-out
-@flow(name="aevb-ingest-many")
-def ingest_many_flow(
-    sources: list[str],
-    names: list[str] | None = None,
+@flow(name="aevb-corrupt")
+def corrupt_flow(
+    dataset: str,
+    kind: str,
+    name: str | None = None,
     data_root: str | None = None,
-    split_seed: int = 0,
-    valid_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    retries: int = 3,
-) -> list[IngestResult]:
-    """Ingest each source (e.g. one shard/partition per file) as its own dataset, concurrently."""
-    names = names or [None] * len(sources)
-    if len(names) != len(sources):
-        raise PipelineError(f"{len(sources)} sources but {len(names)} names; give one per source")
-    stage = with_io_retries(ingest_task, retries, 1.0)
-    futures = [
-        stage.submit(
-            s,
-            n,
-            data_root,
-            split_seed=split_seed,
-            valid_fraction=valid_fraction,
-            test_fraction=test_fraction,
-        )  # fmt: skip
-        for s, n in zip(sources, names, strict=True)
-    ]
-    wait(futures)
-    return [f.result() for f in futures]
+    version: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> CorruptOutput:
+    return corrupt_task(dataset, kind, name, data_root, version, **(options or {}))
 
 
-@flow(name="aevb-export-many")
-def export_many_flow(
+@flow(name="aevb-restore")
+def restore_flow(
     model_uri: str,
-    datasets: list[str],
+    dataset: str,
+    method: str = "map",
     data_root: str | None = None,
-    splits: tuple[str, ...] = ("train", "valid", "test"),
-    batch_size: int = 2000,
-    retries: int = 3,
-) -> list[ExportOutput]:
-    """Export one model's latent table for each dataset (current versions), concurrently."""
-    stage = with_io_retries(export_task, retries, 1.0)
-    futures = [
-        stage.submit(model_uri, d, data_root, None, tuple(splits), batch_size) for d in datasets
-    ]
-    wait(futures)
-    return [f.result() for f in futures]
+    version: str | None = None,
+    splits: tuple[str, ...] = (C.TEST,),
+    settings: RestoreSettings | None = None,
+    kind: str | None = None,
+    mask: str | None = None,
+    log_to_mlflow: bool = True,
+) -> RestoreOutput:
+    return restore_task(
+        model_uri, dataset, method, data_root, version, splits, settings, kind, mask, log_to_mlflow
+    )
 
 
-def on_runner(
-    flow_fn: Callable, kind: str = "threads", address: str | None = None, workers: int | None = None
-) -> Callable:
-    """``flow_fn`` with the task runner of `tasks.fanout.make_task_runner` (threads or Dask)."""
-    from tasks.fanout import make_task_runner
-
-    return flow_fn.with_options(task_runner=make_task_runner(kind, address, workers))
+@flow(name="aevb-restore-from-latents")
+def decode_latents_flow(
+    model_uri: str, table: str, data_root: str | None = None, batch_size: int = 2000
+) -> RestoreOutput:
+    return decode_latents_task(model_uri, table, data_root, batch_size)

@@ -1,6 +1,6 @@
 """Names shared across layers: metric keys, Parquet column names, split names.
 
-Metric keys read `<split>_<quantity>` (DESIGN.md "MLflow"). Keeping them here means the training
+Metric keys read `<split>_<quantity>` (docs/design.md "MLflow"). Keeping them here means the training
 callback, the MLflow adapter, the gate and the tests can never drift apart.
 """
 

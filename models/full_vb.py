@@ -33,7 +33,7 @@ from models.errors import ConfigError, TrainingDivergedError
 from models.objectives import elbo
 from models.optim import make_optimizer
 from models.training import EpochCallback, TrainResult
-from models.vae import _ACTIVATIONS, LOG_VAR_MAX, LOG_VAR_MIN, VAE, _soft_clip
+from models.vae import ACTIVATIONS, LOG_VAR_MAX, LOG_VAR_MIN, VAE, soft_clip
 
 tfd = tfp.distributions
 
@@ -46,7 +46,7 @@ def _likelihood_from_outputs(kind: str, out: tf.Tensor) -> tfd.Distribution:
         base = tfd.ContinuousBernoulli(logits=out)
     else:
         mean_logits, raw_log_var = tf.split(out, 2, axis=-1)
-        log_var = _soft_clip(raw_log_var, LOG_VAR_MIN, LOG_VAR_MAX)
+        log_var = soft_clip(raw_log_var, LOG_VAR_MIN, LOG_VAR_MAX)
         base = tfd.Normal(loc=tf.sigmoid(mean_logits), scale=tf.exp(0.5 * log_var))
     return tfd.Independent(base, reinterpreted_batch_ndims=1)
 
@@ -63,7 +63,7 @@ class DecoderSample:
         )
 
     def likelihood(self, z: tf.Tensor) -> tfd.Distribution:
-        act = _ACTIVATIONS[self.config.activation]
+        act = ACTIVATIONS[self.config.activation]
         h = z
         for i, (w, b) in enumerate(self.weights):
             h = tf.matmul(h, w) + b

@@ -279,8 +279,9 @@ def fit(
     if checkpoint_dir:
         manager = tf.train.CheckpointManager(trainer.checkpoint(), checkpoint_dir, max_to_keep=2)
     resumed_from = trainer.restore(manager, checkpoint_dir) if manager is not None else 0
-    return run_epochs(trainer, manager, resumed_from, make_train_data, valid_data, config,
-                      on_epoch_end)  # fmt: skip
+    return run_epochs(
+        trainer, manager, resumed_from, make_train_data, valid_data, config, on_epoch_end
+    )
 
 
 def run_epochs(

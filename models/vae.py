@@ -28,7 +28,7 @@ LOG_VAR_MIN = -12.0
 LOG_VAR_MAX = 8.0
 PAPER_INIT_STD = 0.1  # N(0, 0.01) in the paper's (mean, variance) notation
 
-_ACTIVATIONS = {
+ACTIVATIONS = {
     "tanh": tf.math.tanh,
     "relu": tf.nn.relu,
     "softplus": tf.math.softplus,
@@ -36,7 +36,7 @@ _ACTIVATIONS = {
 }
 
 
-def _soft_clip(x: tf.Tensor, low: float, high: float) -> tf.Tensor:
+def soft_clip(x: tf.Tensor, low: float, high: float) -> tf.Tensor:
     """Smoothly keep x inside (low, high): gradients never vanish abruptly as with a hard clip."""
     mid, half = (high + low) / 2.0, (high - low) / 2.0
     return mid + half * tf.math.tanh((x - mid) / half)
@@ -84,7 +84,7 @@ class MLP(tf.Module):
             Dense(a, b, init, seed=seed * 1000 + i, name=f"dense_{i}")
             for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))
         ]
-        self._activation = _ACTIVATIONS[activation]
+        self._activation = ACTIVATIONS[activation]
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         for layer in self.layers[:-1]:
@@ -118,7 +118,7 @@ class VAE(tf.Module):
         """(mean, std) of q(z|x), each [..., latent_dim]; log-variance soft-clipped for stability."""
         out = self.encoder(x)
         mean, raw_log_var = tf.split(out, 2, axis=-1)
-        log_var = _soft_clip(raw_log_var, LOG_VAR_MIN, LOG_VAR_MAX)
+        log_var = soft_clip(raw_log_var, LOG_VAR_MIN, LOG_VAR_MAX)
         return mean, tf.exp(0.5 * log_var)
 
     def posterior(self, x: tf.Tensor) -> tfd.Distribution:
@@ -142,7 +142,7 @@ class VAE(tf.Module):
             base = tfd.ContinuousBernoulli(logits=out)
         else:  # gaussian: the paper's Frey Face decoder, mean through a sigmoid, learned variance.
             mean_logits, raw_log_var = tf.split(out, 2, axis=-1)
-            log_var = _soft_clip(raw_log_var, LOG_VAR_MIN, LOG_VAR_MAX)
+            log_var = soft_clip(raw_log_var, LOG_VAR_MIN, LOG_VAR_MAX)
             base = tfd.Normal(loc=tf.sigmoid(mean_logits), scale=tf.exp(0.5 * log_var))
         return tfd.Independent(base, reinterpreted_batch_ndims=1)
 

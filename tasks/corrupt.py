@@ -29,21 +29,20 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from models import constants as C
-from models.errors import ConfigError, DatasetError
-from tasks import datasets
+from models.errors import DatasetError
 from tasks.logs import logger
+from tasks.store import datasets, readers, tables
+from tasks.store.degradations import (
+    MASK_SUFFIX,
+    SOURCE_KIND,
+    cli_kind,
+    degradation_kind,
+    degradation_record,
+    make_spec,
+)
+from tasks.store.writer import DatasetWriter
 
-SOURCE_KIND = "corrupt"
-MASK_SUFFIX = ".mask"
 CHUNK_ROWS = 4096  # the degradation's random draws are keyed by (seed, chunk index)
-# CLI kind -> models.restoration.Degradation
-KINDS: dict[str, str] = {
-    "denoise": "gaussian",
-    "salt-pepper": "salt_pepper",
-    "inpaint": "inpaint",
-    "superres": "superres",
-}
-DEFAULT_AMOUNT = {"salt_pepper": 0.1, "inpaint": 0.5}
 
 
 @dataclass(frozen=True)
@@ -55,50 +54,6 @@ class CorruptOutput:
     clean: dict[str, str]
     mask: dict[str, str] | None
     degradation: dict[str, Any]
-
-
-def degradation_kind(kind: str) -> str:
-    """CLI kind (or the model's own name) -> the `models.restoration` degradation name."""
-    if kind in KINDS.values():
-        return kind
-    if kind not in KINDS:
-        raise ConfigError(f"--kind {kind!r} is not known; choose one of {', '.join(KINDS)}")
-    return KINDS[kind]
-
-
-def cli_kind(degradation: str) -> str:
-    return {v: k for k, v in KINDS.items()}[degradation]
-
-
-def make_spec(
-    kind: str,
-    feature_shape: tuple[int, ...],
-    value_range: tuple[float, float],
-    *,
-    noise_std: float | None = None,
-    amount: float | None = None,
-    factor: int = 2,
-    block: int = 0,
-) -> Any:
-    """The `DegradationSpec` of a kind, with this stage's defaults filled in."""
-    from models.restoration import DegradationSpec
-
-    kind = degradation_kind(kind)
-    lo, hi = value_range
-    if hi <= lo:  # a constant dataset: any positive peak keeps PSNR defined
-        hi = lo + 1.0
-    if block and kind != "inpaint":
-        raise ConfigError(f"--block applies to --kind inpaint only, not {cli_kind(kind)}")
-    return DegradationSpec(
-        kind, feature_shape, noise_std=noise_std, factor=factor, block=block, low=lo, high=hi,
-        amount=DEFAULT_AMOUNT.get(kind, 0.5) if amount is None else amount,
-    )  # fmt: skip
-
-
-def degradation_record(spec: Any, seed: int) -> dict[str, Any]:
-    """What a degraded manifest stores about its degradation (enough to rebuild the spec)."""
-    fields = ("kind", "noise_std", "amount", "factor", "block", "low", "high")
-    return {**{f: getattr(spec, f) for f in fields}, "seed": seed}
 
 
 def corrupt_dataset(
@@ -122,13 +77,24 @@ def corrupt_dataset(
     if name == clean.name or name == clean.name + MASK_SUFFIX:
         raise DatasetError(f"--name {name}: choose a name other than the clean dataset's")
     spec = make_spec(
-        kind, clean.feature_shape, clean.value_range, noise_std=noise_std if kind == "gaussian"
-        else None, amount=amount, factor=factor, block=block,
-    )  # fmt: skip
+        kind,
+        clean.feature_shape,
+        clean.value_range,
+        noise_std=noise_std if kind == "gaussian" else None,
+        amount=amount,
+        factor=factor,
+        block=block,
+    )
     record = degradation_record(spec, seed)
     clean_ref = {"name": clean.name, "version": clean.version}
-    source = {"kind": SOURCE_KIND, "uri": f"aevb-corrupt://{clean.name}/{clean.version}",
-              "sha256": "", "clean": clean_ref, "mask": None, "degradation": record}  # fmt: skip
+    source = {
+        "kind": SOURCE_KIND,
+        "uri": f"aevb-corrupt://{clean.name}/{clean.version}",
+        "sha256": "",
+        "clean": clean_ref,
+        "mask": None,
+        "degradation": record,
+    }
     y_writer = _writer(root, name, clean, spec.observed_shape, "float32", source)
     m_writer = None
     if kind == "inpaint":
@@ -151,9 +117,13 @@ def corrupt_dataset(
             m_writer.abort()
         raise
     logger().info(
-        "corrupt: %s (%s) -> %s version %s%s", clean.name, cli_kind(kind), name, result.version,
+        "corrupt: %s (%s) -> %s version %s%s",
+        clean.name,
+        cli_kind(kind),
+        name,
+        result.version,
         "" if result.created else " (unchanged)",
-    )  # fmt: skip
+    )
     return CorruptOutput(
         name, result.version, result.path, result.created, clean_ref, mask_ref, record
     )
@@ -165,32 +135,30 @@ def _degraded(
     """(split, ids, y [B, D'], mask [B, D] or None, labels) in stored order, chunk by chunk."""
     import tensorflow as tf
 
-    from models.restoration import degrade
+    from models.degradations import degrade
 
     chunk = 0
     for split in C.SPLITS:
-        for ids, x, labels in datasets.iter_batches(
+        for ids, x, labels in readers.iter_batches(
             root, clean.name, clean.version, split, CHUNK_ROWS
         ):
             y, mask = degrade(spec, x, tf.constant([seed, chunk], tf.int32))
             chunk += 1
-            labels = np.ma.masked_equal(labels, datasets.NULL_LABEL)
+            labels = np.ma.masked_equal(labels, tables.NULL_LABEL)
             yield split, ids, y.numpy(), None if mask is None else mask.numpy(), labels
 
 
-def _writer(root, name, clean, shape, dtype, source) -> datasets.DatasetWriter:
-    return datasets.DatasetWriter(
-        root, name, feature_shape=shape, storage_dtype=dtype, scale=1.0,
-        split_seed=clean.split_seed, source=source, label_names=clean.label_names,
-    )  # fmt: skip
-
-
-def degradation_of(manifest: datasets.DatasetManifest) -> dict[str, Any] | None:
-    """The degradation record of a dataset written by `corrupt_dataset` (None otherwise)."""
-    src = manifest.source or {}
-    if src.get("kind") != SOURCE_KIND or src.get("role") == "mask":
-        return None
-    return dict(src["degradation"])
+def _writer(root, name, clean, shape, dtype, source) -> DatasetWriter:
+    return DatasetWriter(
+        root,
+        name,
+        feature_shape=shape,
+        storage_dtype=dtype,
+        scale=1.0,
+        split_seed=clean.split_seed,
+        source=source,
+        label_names=clean.label_names,
+    )
 
 
 corrupt_task = task(corrupt_dataset, name="corrupt", cache_policy=NO_CACHE)

@@ -1,6 +1,6 @@
 """Evaluate stage: marginal inference of x on a held-out split.
 
-Streams the split through tasks/evaluation_io.py with one of three estimators of log p(x):
+Streams the split through tasks/scoring.py with one of three estimators of log p(x):
 `is` (importance sampling, the default and what the registry gate uses), `ais` (annealed
 importance sampling, an independent cross-check on the first ``max_points`` rows) or `hmc` (the
 paper's Appendix D estimator). Each is a stochastic lower bound or an approximation, see
@@ -23,8 +23,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from models import constants as C
-from tasks import datasets, tracking
-from tasks import evaluation_io as evio
+from tasks import scoring, tracking
+from tasks.store import datasets
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def evaluate(
     seed: int = 0,
     run_id: str | None = None,
     *,
-    method: evio.Method = "is",
+    method: scoring.Method = "is",
     max_points: int | None = None,
     options: dict[str, Any] | None = None,
     model_label: str | None = None,
@@ -85,10 +85,18 @@ def evaluate(
     root = datasets.resolve_data_root(data_root)
     manifest = datasets.load_manifest(root, dataset, version)
     vae = load_vae(saved_model_dir)
-    ev = evio.evaluate_split(
-        vae, root, manifest, split, method=method, num_samples=num_samples,
-        batch_size=batch_size, seed=seed, max_points=max_points, options=options,
-    )  # fmt: skip
+    ev = scoring.evaluate_split(
+        vae,
+        root,
+        manifest,
+        split,
+        method=method,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        seed=seed,
+        max_points=max_points,
+        options=options,
+    )
     metrics = ev.metrics()
     label = model_label or (f"runs:/{run_id}/model" if run_id else saved_model_dir)
     artifact = None
@@ -97,15 +105,18 @@ def evaluate(
         tag = "aevb.eval_num_samples" if method == "is" else f"aevb.eval_{method}_num_samples"
         tracking.set_tags(run_id, {tag: num_samples})
         provenance = {
-            "dataset": manifest.name, "dataset_version": manifest.version, "model": label,
-            "run_id": run_id, "seed": seed,
-        }  # fmt: skip
+            "dataset": manifest.name,
+            "dataset_version": manifest.version,
+            "model": label,
+            "run_id": run_id,
+            "seed": seed,
+        }
         with tempfile.TemporaryDirectory(prefix="aevb-eval-") as workdir:
-            table = evio.per_point_table(ev, provenance)
-            artifact = evio.log_per_point(run_id, table, ev, workdir)
+            table = scoring.per_point_table(ev, provenance)
+            artifact = scoring.log_per_point(run_id, table, ev, workdir)
     key = None
     if publish if publish is not None else bool(run_id):
-        key = evio.publish_table_artifact(ev, manifest.name, label)
+        key = scoring.publish_table_artifact(ev, manifest.name, label)
     s = ev.summary
     is_method = method == "is"
     return EvaluationSummary(

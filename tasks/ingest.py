@@ -1,55 +1,40 @@
-"""The ingest stage: read a source, split it by seed, write a versioned Parquet dataset.
+"""Ingest stage: read one source (or several shard files as one dataset), split it by seed, and
+write a versioned Parquet dataset (tasks/store/writer.py).
 
-`ingest` is the plain, testable function; `ingest_task` is its Prefect task. The task's cache key
-is the source *content* (plus name, data root and split options), so re-ingesting identical data is
-a Prefect cache hit; the function itself is idempotent too (same content -> same version, nothing
-written). CLI helpers at the bottom let the integrator wire `aevb ingest` and `aevb datasets`.
+`ingest` is the plain function; `ingest_task` its Prefect task, whose cache key is the source
+*content* (plus name, data root and split settings), so re-ingesting identical data is a cache
+hit; the function is idempotent too (same content -> same version, nothing written).
+
+Several sources (shards) are read one by one, checked to agree (feature shape, storage dtype,
+scale, labels), their string labels re-coded over all shards, ids checked unique across shards,
+and written as ONE version, exactly as if they were one concatenated input. The shard reads run
+inline, or as one Prefect task per shard (``shard_task``, e.g. on a Dask cluster), each staging
+its shard as Parquet in a hidden folder that the combine step reads back.
 """
 
 from __future__ import annotations
 
-import argparse
-import functools
 import hashlib
 import json
+import os
 import re
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
 
-from models.constants import SPLITS, TEST, TRAIN, VALID
+from models.constants import COL_ID, COL_LABEL, COL_X, SPLITS, TEST, TRAIN, VALID
 from models.errors import ConfigError, DatasetError
-from tasks.datasets import (
-    ContentHasher,
-    DatasetWriter,
-    IngestResult,
-    as_labels,
-    check_chunk,
-    current_version,
-    list_datasets,
-    list_versions,
-    load_manifest,
-    resolve_data_root,
-    set_current,
-    validate_name,
-    version_dir,
-)
 from tasks.sources import SourceData, content_sha256, load_source
+from tasks.store import datasets, fs, publish, tables
+from tasks.store.writer import ContentHasher, DatasetWriter, IngestResult, as_labels, check_chunk
 
-__all__ = [
-    "IngestResult",
-    "add_datasets_arguments",
-    "add_ingest_arguments",
-    "datasets_command",
-    "default_name",
-    "describe_result",
-    "format_datasets",
-    "ingest",
-    "ingest_from_args",
-    "ingest_task",
-    "run_ingest_task",
-]
+_FIXED = "fixed_split"
 
 
 def default_name(source: str) -> str:
@@ -58,7 +43,18 @@ def default_name(source: str) -> str:
     for ext in (".gz", ".csv", ".npz", ".parquet", ".pq"):
         stem = stem.removesuffix(ext)
     stem = re.sub(r"[^a-z0-9._-]+", "-", stem).strip("-._")[:64]
-    return validate_name(stem or "dataset")
+    return datasets.validate_name(stem or "dataset")
+
+
+def check_fractions(valid_fraction: float, test_fraction: float) -> None:
+    for field, value in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ConfigError(f"{field}={value!r} must be a number in [0, 1)")
+    if valid_fraction + test_fraction >= 1.0:
+        raise ConfigError(
+            f"valid_fraction + test_fraction = {valid_fraction + test_fraction:g} leaves no "
+            "training rows; make their sum < 1"
+        )
 
 
 def assign_splits(
@@ -68,14 +64,7 @@ def assign_splits(
 
     Rows the source marks "test" (IDX t10k files) stay test; the rest are divided by the fractions.
     """
-    for field, value in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"{field}={value!r} must be in [0, 1)")
-    if valid_fraction + test_fraction >= 1.0:
-        raise ConfigError(
-            f"valid_fraction + test_fraction = {valid_fraction + test_fraction:g} leaves no "
-            "training rows; make their sum < 1"
-        )
+    check_fractions(valid_fraction, test_fraction)
     perm = np.random.default_rng(seed).permutation(n)
     if fixed is None:
         n_test = round(n * test_fraction)
@@ -106,13 +95,17 @@ def write_source(
     cache_key: str = "",
 ) -> IngestResult:
     """Split ``data`` and write it; a no-op (nothing written) if that content is already stored."""
-    root = resolve_data_root(data_root)
+    root = datasets.resolve_data_root(data_root)
     splits = assign_splits(len(data.x), data.fixed_split, split_seed, valid_fraction, test_fraction)
     source = {**data.source_record(), "cache_key": cache_key}
     spec = dict(
-        feature_shape=data.feature_shape, storage_dtype=data.x.dtype.name, scale=data.scale,
-        split_seed=split_seed, source=source, label_names=data.label_names,
-    )  # fmt: skip
+        feature_shape=data.feature_shape,
+        storage_dtype=data.x.dtype.name,
+        scale=data.scale,
+        split_seed=split_seed,
+        source=source,
+        label_names=data.label_names,
+    )
     probe = DatasetWriter(root, name, **spec)  # nothing is written until rows arrive
     hasher = ContentHasher()
     for split in SPLITS:
@@ -120,9 +113,10 @@ def write_source(
             x = check_chunk(split, ids, x, probe.dim, probe.dtype)
             hasher.update(split, ids, x, as_labels(labels, len(ids)))
     version = hasher.version(probe.meta())
-    if version in list_versions(root, name):
-        set_current(root, name, version)
-        return IngestResult(name, version, version_dir(root, name, version), created=False)
+    path = datasets.version_dir(root, name, version)
+    if datasets.is_complete(root, name, version):
+        datasets.set_current(root, name, version)  # writes nothing when it is current already
+        return IngestResult(name, version, path, created=False)
     with DatasetWriter(root, name, **spec, version=version) as writer:
         for split in SPLITS:
             for ids, x, labels in _chunks(data, splits[split], writer.rows_per_file):
@@ -131,37 +125,213 @@ def write_source(
 
 
 def ingest(
-    source: str,
+    source: str | Sequence[str],
     name: str | None = None,
     data_root: str | None = None,
     *,
     split_seed: int = 0,
     valid_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    prefix_ids: bool = False,
+    shard_task: Task | None = None,
     **source_options: Any,
 ) -> IngestResult:
-    """Ingest ``source`` (built-in name, file or folder) as dataset ``name`` under ``data_root``."""
-    name = validate_name(name) if name is not None else default_name(source)
-    root = resolve_data_root(data_root)
+    """Ingest ``source`` (a built-in name, file or folder; or a list of shard files, which then
+    need ``name``) as dataset ``name`` under ``data_root``.
+
+    ``prefix_ids`` turns each shard's ids into `<shard file name>/<id>` (shards numbered 0..n-1
+    each would otherwise collide); ``shard_task``: a Prefect task of `stage_shard` to submit once
+    per shard (call inside a flow). ``source_options`` are the reader options (tasks/sources).
+    """
+    sources = [source] if isinstance(source, str) else list(source)
+    if not sources:
+        raise DatasetError("no source given; pass a built-in name, a file or a folder")
+    if name is None and len(sources) > 1:
+        raise ConfigError("several shards need a dataset name (name=...)")
+    name = datasets.validate_name(name) if name is not None else default_name(sources[0])
+    check_fractions(valid_fraction, test_fraction)
+    root = datasets.resolve_data_root(data_root)
     options = {k: v for k, v in source_options.items() if v is not None}
-    key = ingest_fingerprint(source, name, root, split_seed, valid_fraction, test_fraction, options)
-    data = load_source(source, **options)
+    key = ingest_fingerprint(
+        sources, name, root, split_seed, valid_fraction, test_fraction, options
+    )
+    if len(sources) == 1:
+        data = load_source(sources[0], **options)
+    else:
+        data = combine(_read_shards(sources, name, root, options, shard_task), prefix_ids, options)
     return write_source(
-        data, name, root, split_seed=split_seed, valid_fraction=valid_fraction,
-        test_fraction=test_fraction, cache_key=key,
-    )  # fmt: skip
+        data,
+        name,
+        root,
+        split_seed=split_seed,
+        valid_fraction=valid_fraction,
+        test_fraction=test_fraction,
+        cache_key=key,
+    )
 
 
 def ingest_fingerprint(
-    source: str, name: str, root: str, split_seed: int, valid: float, test: float, options: dict
+    sources: Sequence[str],
+    name: str,
+    root: str,
+    split_seed: int,
+    valid: float,
+    test: float,
+    options: dict,
 ) -> str:
-    """Hash of the source content and everything else that decides the written dataset."""
+    """Hash of the sources' content and everything else that decides the written dataset."""
     doc = {
-        "content": content_sha256(source, options), "source": source, "name": name, "root": root,
-        "split_seed": split_seed, "valid": valid, "test": test,
+        "content": [content_sha256(s, options) for s in sources],
+        "source": list(sources),
+        "name": name,
+        "root": root,
+        "split_seed": split_seed,
+        "valid": valid,
+        "test": test,
         "options": {k: repr(v) for k, v in sorted(options.items())},
-    }  # fmt: skip
+    }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+def stage_shard(shard: str, staged: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Task body: read + validate one shard and stage it as one Parquet file at ``staged``;
+    returns what `load_staged` needs (no arrays cross the task boundary)."""
+    data = load_source(shard, **(options or {}))
+    n = len(data.ids)
+    flat = np.ascontiguousarray(data.x.reshape(n, -1))
+    labels = data.labels
+    columns = {
+        COL_ID: tables.ids_array(data.ids),
+        COL_X: tables.encode_x(flat, tables.x_type(flat.dtype.name, flat.shape[1])),
+        COL_LABEL: pa.nulls(n, pa.int64())
+        if labels is None
+        else pa.array(labels.filled(0), pa.int64(), mask=np.ma.getmaskarray(labels)),
+        _FIXED: pa.nulls(n, pa.string())
+        if data.fixed_split is None
+        else pa.array([str(v) for v in data.fixed_split], pa.string()),
+    }
+    fs.write_parquet(pa.table(columns), staged)
+    return {
+        "shard": shard,
+        "staged": staged,
+        "sha256": data.sha256,
+        "kind": data.kind,
+        "feature_shape": list(data.feature_shape),
+        "scale": data.scale,
+        "label_names": list(data.label_names),
+        "has_labels": labels is not None,
+    }
+
+
+def load_staged(summary: dict[str, Any]) -> SourceData:
+    """A shard staged by `stage_shard`, back in memory."""
+    table = fs.read_parquet(summary["staged"])
+    shape = tuple(summary["feature_shape"])
+    x_col = table.column(COL_X)
+    dtype = "uint8" if x_col.type.value_type == pa.uint8() else "float32"
+    x = tables.decode_x(x_col, dtype, int(np.prod(shape))).reshape(-1, *shape)
+    lab = table.column(COL_LABEL)
+    labels = None
+    if summary["has_labels"]:
+        values = lab.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        labels = np.ma.MaskedArray(values, mask=np.asarray(lab.is_null()))
+    fixed = table.column(_FIXED).to_pylist()
+    return SourceData(
+        kind=summary["kind"],
+        uri=summary["shard"],
+        sha256=summary["sha256"],
+        x=x,
+        ids=np.asarray(table.column(COL_ID).to_pylist(), dtype=object),
+        scale=summary["scale"],
+        labels=labels,
+        label_names=tuple(summary["label_names"]),
+        fixed_split=None if all(v is None for v in fixed) else np.asarray(fixed, dtype=object),
+    )
+
+
+def _read_shards(
+    shards: list[str], name: str, root: str, options: dict, shard_task: Task | None
+) -> list[SourceData]:
+    if shard_task is None:
+        return [load_source(s, **options) for s in shards]
+    with publish.Stage(fs.join(datasets.dataset_dir(root, name), "shards")) as stage:
+        futures = [
+            shard_task.submit(s, fs.join(stage.uri, f"shard-{i:05d}.parquet"), options)
+            for i, s in enumerate(shards)
+        ]
+        wait(futures)
+        return [load_staged(f.result()) for f in futures]
+
+
+def combine(parts: list[SourceData], prefix_ids: bool, options: dict[str, Any]) -> SourceData:
+    """The shards as one `SourceData`, as if they were one concatenated input."""
+    first = parts[0]
+    for p in parts[1:]:
+        for what, get in _AGREE.items():
+            if get(p) != get(first):
+                raise DatasetError(
+                    f"shard {p.uri!r} has {what}={get(p)!r} but {first.uri!r} has {get(first)!r}; "
+                    "shards of one dataset must agree (pass storage_dtype= and scale= explicitly, "
+                    "and the same label column, to every shard)"
+                )
+    names = sorted({n for p in parts for n in p.label_names})
+    code = {n: i for i, n in enumerate(names)}
+    ids: list[str] = []
+    owner: dict[str, str] = {}
+    for p in parts:
+        shard_ids = [str(i) for i in p.ids]
+        if prefix_ids:
+            shard_ids = [f"{os.path.basename(p.uri.rstrip('/'))}/{i}" for i in shard_ids]
+        for i in shard_ids:
+            if owner.setdefault(i, p.uri) != p.uri:
+                raise DatasetError(
+                    f"row id {i!r} of shard {p.uri!r} also appears in shard {owner[i]!r}; ids "
+                    "must be unique across shards (use an id column, or data.prefix_shard_ids)"
+                )
+        ids += shard_ids
+    labels = None
+    if first.labels is not None:  # per-shard codes -> codes over the union of names (sorted)
+        recoded = [
+            np.ma.MaskedArray(
+                np.asarray([code[n] for n in p.label_names], np.int64)[p.labels.filled(0)],
+                mask=np.ma.getmaskarray(p.labels),
+            )
+            if p.label_names
+            else p.labels
+            for p in parts
+        ]
+        labels = np.ma.concatenate(recoded)
+    fixed = [p.fixed_split if p.fixed_split is not None else [None] * len(p.ids) for p in parts]
+    flat_fixed = [v for f in fixed for v in f]
+    return SourceData(
+        kind=f"shards:{first.kind}",
+        uri=",".join(p.uri for p in parts),
+        sha256=hashlib.sha256("".join(p.sha256 for p in parts).encode()).hexdigest(),
+        x=np.concatenate([p.x for p in parts]),
+        ids=np.asarray(ids, dtype=object),
+        scale=float(first.scale),
+        labels=labels,
+        label_names=tuple(names),
+        fixed_split=None
+        if all(v is None for v in flat_fixed)
+        else np.asarray([v or TRAIN for v in flat_fixed], dtype=object),
+        options={**options, "shards": len(parts)},
+    )
+
+
+_AGREE = {
+    "feature_shape": lambda p: p.feature_shape,
+    "storage_dtype": lambda p: p.x.dtype.name,
+    "scale": lambda p: float(p.scale),
+    "labels": lambda p: p.labels is not None,
+    "named labels": lambda p: bool(p.label_names),
+}
+
+
+# ----------------------------------------------------------------------------- Prefect
 
 
 def ingest_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
@@ -174,210 +344,37 @@ def ingest_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
     """
     params = dict(parameters)
     options = {k: v for k, v in (params.pop("source_options", None) or {}).items() if v is not None}
+    source = params["source"]
+    sources = [source] if isinstance(source, str) else list(source)
     try:
-        name = params.get("name") or default_name(params["source"])
-        root = resolve_data_root(params.get("data_root"))
+        name = params.get("name") or default_name(sources[0])
+        root = datasets.resolve_data_root(params.get("data_root"))
         key = ingest_fingerprint(
-            params["source"], validate_name(name), root, params.get("split_seed", 0),
-            params.get("valid_fraction", 0.1), params.get("test_fraction", 0.1), options,
-        )  # fmt: skip
-        current = current_version(root, name)
-    except DatasetError:
+            sources,
+            datasets.validate_name(name),
+            root,
+            params.get("split_seed", 0),
+            params.get("valid_fraction", 0.1),
+            params.get("test_fraction", 0.1),
+            options,
+        )
+        current = datasets.current_version(root, name)
+        recorded = current and datasets.load_manifest(root, name, current).source.get("cache_key")
+    except (DatasetError, IndexError):
         return None  # let the task run and report the error itself
-    key = f"aevb-ingest-{key}"
     if current is not None:
-        if load_manifest(root, name, current).source.get("cache_key") == key.removeprefix(
-            "aevb-ingest-"
-        ):
-            return key
-        return f"{key}-{uuid.uuid4().hex}"
+        return f"aevb-ingest-{key}" if recorded == key else f"aevb-ingest-{key}-{uuid.uuid4().hex}"
     store = getattr(context, "result_store", None)
-    if store is not None and store.exists(key):
-        return f"{key}-{uuid.uuid4().hex}"
-    return key
+    if store is not None and store.exists(f"aevb-ingest-{key}"):
+        return f"aevb-ingest-{key}-{uuid.uuid4().hex}"
+    return f"aevb-ingest-{key}"
 
 
-ingest_task: Any  # the Prefect task of `ingest`, created on first access (see __getattr__)
-
-
-@functools.cache
-def _make_ingest_task() -> Any:
-    from prefect import task
-
-    return task(
-        ingest,
-        name="ingest",
-        cache_key_fn=ingest_cache_key,
-        persist_result=True,
-        result_serializer="json",  # no pickle in what we write (DESIGN.md "Security")
-    )
-
-
-def __getattr__(attr: str) -> Any:
-    """``ingest_task`` is built on first access, so the plain function and `aevb datasets` do not
-    pay Prefect's multi-second import; ``from tasks.ingest import ingest_task`` works as usual."""
-    if attr == "ingest_task":
-        return _make_ingest_task()
-    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
-
-
-def run_ingest_task(
-    source: str, name: str | None = None, data_root: str | None = None, **kwargs: Any
-) -> IngestResult:
-    """Call ``ingest_task`` inside a flow; a cache hit comes back with ``created=False``."""
-    state = _make_ingest_task()(source, name, data_root, return_state=True, **kwargs)
-    result: IngestResult = state.result()
-    if state.name == "Cached" and result.created:
-        result = IngestResult(result.name, result.version, result.path, created=False)
-    return result
-
-
-def describe_result(result: IngestResult) -> str:
-    """One line for people: what was written, or that nothing was."""
-    m = load_manifest(result.path.rsplit("/datasets/", 1)[0], result.name, result.version)
-    rows = ", ".join(f"{s} {m.rows.get(s, 0)}" for s in SPLITS)
-    if result.created:
-        return f"ingested {result.name} version {result.version} ({rows}) at {result.path}"
-    return (
-        f"unchanged: {result.name} version {result.version} already holds identical content "
-        f"({rows}); nothing written, CURRENT -> {result.version}"
-    )
-
-
-# ----------------------------------------------------------------------------- CLI support
-
-# CLI flag -> source option (only set flags are passed on, so readers keep their defaults).
-_SOURCE_FLAGS = (
-    "format", "path", "scale", "storage_dtype", "id_column", "label_column", "x_column",
-    "feature_columns", "labels_file", "color", "labels_from_folders",
-)  # fmt: skip
-
-
-def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `aevb ingest SOURCE --name NAME [...]`."""
-    parser.add_argument(
-        "source",
-        metavar="SOURCE",
-        help="digits | mnist-5k | fashion-mnist | a file or folder (IDX, CSV, NPZ, images, Parquet)",
-    )
-    parser.add_argument(
-        "--name", help="dataset name, [a-z0-9][a-z0-9._-]{0,63} (default: from SOURCE)"
-    )
-    parser.add_argument(
-        "--data-root",
-        help="local folder or fsspec URI such as s3://bucket/prefix (default: $AEVB_DATA_ROOT or ./data)",
-    )
-    parser.add_argument(
-        "--format", choices=("idx", "csv", "npz", "images", "parquet"), help="skip format detection"
-    )
-    parser.add_argument(
-        "--split-seed", type=int, default=0, help="seed of the train/valid/test split (default 0)"
-    )
-    parser.add_argument(
-        "--valid-fraction",
-        type=float,
-        default=0.1,
-        help="share of rows for validation (default 0.1)",
-    )
-    parser.add_argument(
-        "--test-fraction",
-        type=float,
-        default=0.1,
-        help="share of rows for test; IDX t10k files are the test split regardless (default 0.1)",
-    )
-    parser.add_argument(
-        "--scale",
-        type=float,
-        help="model input = stored value * SCALE (default: 1/255 for whole numbers 0..255, else 1)",
-    )
-    parser.add_argument(
-        "--storage-dtype",
-        choices=("auto", "uint8", "float32"),
-        help="on-disk dtype of x (default auto)",
-    )
-    parser.add_argument(
-        "--id-column", help="CSV/Parquet: column holding unique row ids (default: row numbers)"
-    )
-    parser.add_argument(
-        "--label-column",
-        help="CSV/Parquet: column holding labels (ints, or strings mapped to ints)",
-    )
-    parser.add_argument("--x-column", help="Parquet: list column holding the features")
-    parser.add_argument(
-        "--feature-columns",
-        type=lambda s: s.split(","),
-        help="CSV/Parquet: comma-separated feature columns (default: all other numeric columns)",
-    )
-    parser.add_argument("--labels-file", help="IDX: labels file for a single images file")
-    parser.add_argument(
-        "--path",
-        help="fashion-mnist: folder holding its IDX files (default /usr/share/datasets/fashion-mnist)",
-    )
-    parser.add_argument(
-        "--color",
-        choices=("auto", "grayscale", "rgb"),
-        help="images: pixel mode (default auto: rgb if any image is colour)",
-    )
-    parser.add_argument(
-        "--labels-from-folders",
-        action="store_true",
-        default=None,
-        help="images: use each image's sub-folder name as its label",
-    )
-
-
-def ingest_from_args(args: argparse.Namespace, runner: Any = None) -> IngestResult:
-    """Run ``runner`` (default: the plain ``ingest``; pass a flow to orchestrate) from parsed args."""
-    options = {k: getattr(args, k, None) for k in _SOURCE_FLAGS}
-    return (runner or ingest)(
-        args.source, args.name, args.data_root, split_seed=args.split_seed,
-        valid_fraction=args.valid_fraction, test_fraction=args.test_fraction,
-        **{k: v for k, v in options.items() if v is not None},
-    )  # fmt: skip
-
-
-def add_datasets_arguments(parser: argparse.ArgumentParser) -> None:
-    """`aevb datasets list` and `aevb datasets show NAME [--version V]`."""
-    parser.add_argument(
-        "--data-root", help="local folder or fsspec URI (default: $AEVB_DATA_ROOT or ./data)"
-    )
-    sub = parser.add_subparsers(dest="datasets_command", required=True)
-    sub.add_parser("list", help="every dataset with its current version, shape and rows")
-    show = sub.add_parser("show", help="one dataset's manifest and all its versions")
-    show.add_argument("name", metavar="NAME")
-    show.add_argument("--version", help="a version id (default: CURRENT)")
-
-
-def datasets_command(args: argparse.Namespace) -> int:
-    """Print `aevb datasets list|show` and return exit code 0 (DatasetError for unknown names)."""
-    print(format_datasets(args))
-    return 0
-
-
-def format_datasets(args: argparse.Namespace) -> str:
-    """Text for `aevb datasets list|show NAME [--version V]` (``args.action`` or ``args.datasets_command``)."""
-    root = resolve_data_root(getattr(args, "data_root", None))
-    action = getattr(args, "action", None) or getattr(args, "datasets_command", None)
-    if action == "show" and not getattr(args, "name", None):
-        raise DatasetError("`aevb datasets show` needs a dataset NAME; see `aevb datasets list`")
-    if action == "list":
-        rows = [
-            f"{'NAME':<24} {'VERSION':<16} {'SHAPE':<12} {'DTYPE':<8} {'TRAIN':>8} {'VALID':>7} {'TEST':>7}  CREATED"
-        ]
-        for m in list_datasets(root):
-            shape = "x".join(map(str, m.feature_shape))
-            rows.append(
-                f"{m.name:<24} {m.version:<16} {shape:<12} {m.storage_dtype:<8} {m.rows.get(TRAIN, 0):>8} "
-                f"{m.rows.get(VALID, 0):>7} {m.rows.get(TEST, 0):>7}  {m.created_at}"
-            )
-        if len(rows) == 1:
-            return f"no datasets under {root}; create one with `aevb ingest digits --name digits`"
-        return "\n".join(rows)
-    manifest = load_manifest(root, args.name, getattr(args, "version", None))
-    current = current_version(root, args.name)
-    doc = json.loads(manifest.to_json())
-    doc["path"] = version_dir(root, args.name, manifest.version)
-    doc["versions"] = [
-        f"{v}{' (CURRENT)' if v == current else ''}" for v in list_versions(root, args.name)
-    ]
-    return json.dumps(doc, indent=2)
+ingest_task = task(
+    ingest,
+    name="ingest",
+    cache_key_fn=ingest_cache_key,
+    persist_result=True,
+    result_serializer="json",  # no pickle in what we write (docs/design.md "Security")
+)
+stage_shard_task = task(stage_shard, name="ingest-shard", cache_policy=NO_CACHE)

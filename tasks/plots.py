@@ -284,22 +284,3 @@ def write_training_plots(
         decoded = vae.decode_mean(tf.constant(manifold_latents(n))).numpy()
         paths.append(plot_manifold(decoded, n, shape, os.path.join(out_dir, PLOT_FILES[4])))
     return paths
-
-
-def held_out_rows(
-    data_root: str, name: str, version: str, max_rows: int = 2000
-) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``max_rows`` (x [N, D] model space, labels [N]) from the test split, else valid/train."""
-    from tasks import datasets
-
-    for split in (C.TEST, C.VALID, C.TRAIN):
-        xs, labels, rows = [], [], 0
-        for _, x, lab in datasets.iter_batches(data_root, name, version, split, 500):
-            xs.append(x[: max_rows - rows])
-            labels.append(lab[: max_rows - rows])
-            rows += len(xs[-1])
-            if rows >= max_rows:
-                break
-        if rows:
-            return np.concatenate(xs), np.concatenate(labels)
-    raise ValueError(f"dataset {name}@{version} has no rows in any split")  # ingest forbids this

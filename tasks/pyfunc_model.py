@@ -1,4 +1,4 @@
-"""MLflow pyfunc model *from code* wrapping the aevb SavedModel (DESIGN.md "MLflow").
+"""MLflow pyfunc model *from code* wrapping the aevb SavedModel (docs/design.md "MLflow").
 
 MLflow copies this file into the logged model, so it must stand alone: it imports only numpy,
 pandas (an mlflow dependency), mlflow and tensorflow, never this project. Nothing is pickled.

@@ -23,8 +23,9 @@ from prefect.cache_policies import NO_CACHE
 
 from models import constants as C
 from models.errors import ModelError
-from tasks import datasets, tracking
+from tasks import scoring, tracking
 from tasks.logs import logger
+from tasks.store import datasets, readers
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -86,7 +87,7 @@ def register(
         )
     name = name or default_model_name(dataset)
     root = datasets.resolve_data_root(data_root)
-    _, example, _ = next(datasets.iter_batches(root, dataset, dataset_version, eval_split, 5))
+    _, example, _ = next(readers.iter_batches(root, dataset, dataset_version, eval_split, 5))
     key = score_tag(dataset_version, eval_split, eval_num_samples, eval_seed)
     model_uri = tracking.log_pyfunc_model(run_id, saved_model_dir, example)
     mv = tracking.register_model(
@@ -175,8 +176,6 @@ class _ChampionScorer:
         key = score_tag(self.dataset_version, self.split, self.num_samples, self.seed)
         if key in champion.tags:
             return float(champion.tags[key])
-        from tasks.evaluate import evaluate
-
         logger().info(
             "register: re-evaluating champion %s v%d on %s@%s (%s)",
             champion.name,
@@ -185,17 +184,20 @@ class _ChampionScorer:
             self.dataset_version[:12],
             self.describe(),
         )
+        from models.saved import load_vae
+
         resolved = tracking.resolve_model(f"models:/{champion.name}/{champion.version}")
-        summary = evaluate(
-            resolved.saved_model_dir,
-            self.dataset,
-            self.dataset_version,
+        manifest = datasets.load_manifest(self.root, self.dataset, self.dataset_version)
+        scored = scoring.evaluate_split(
+            load_vae(resolved.saved_model_dir),
             self.root,
+            manifest,
             self.split,
-            self.num_samples,
+            num_samples=self.num_samples,
+            batch_size=500,
             seed=self.seed,
         )
-        score = summary.log_marginal_likelihood
+        score = float(scored.summary["log_marginal_likelihood"])
         tracking.set_version_tags(champion.name, champion.version, {key: score})
         return score
 

@@ -41,7 +41,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from models.errors import ModelError, TrackingError
-from tasks.paths import REPO_ROOT, default_mlflow_dir
+from tasks.store.roots import REPO_ROOT, default_mlflow_dir
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 MODEL_ARTIFACT = "model"
@@ -264,25 +264,6 @@ def log_artifacts(run_id: str, local_dir: str, artifact_path: str | None = None)
 @_guarded
 def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
     return sorted(f.path for f in client().list_artifacts(run_id, path))
-
-
-def log_training_plots(
-    run_id: str,
-    vae: Any,
-    data_root: str,
-    dataset: str,
-    version: str,
-    history: list[dict[str, float]],
-    seed: int = 0,
-) -> list[str]:
-    """Render tasks/plots.py's PNGs for a trained VAE on held-out rows and log them under plots/."""
-    from tasks import plots
-
-    x, labels = plots.held_out_rows(data_root, dataset, version)
-    with tempfile.TemporaryDirectory(prefix="aevb-plots-") as tmp:
-        paths = plots.write_training_plots(vae, x, labels, history, tmp, seed=seed)
-        log_artifacts(run_id, tmp, PLOTS_ARTIFACT)
-    return [f"{PLOTS_ARTIFACT}/{os.path.basename(p)}" for p in paths]
 
 
 @_guarded

@@ -14,17 +14,22 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 
+import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from models import constants as C
 from models.config import ModelConfig, TrainConfig, to_dict
 from models.errors import TrainingDivergedError
-from tasks import datasets, tracking
+from tasks import plots, tracking
 from tasks.logs import logger
-from tasks.paths import default_checkpoint_root
+from tasks.store import datasets, publish, readers
+from tasks.store.roots import default_checkpoint_root
+
+PLOTS_ARTIFACT = "plots"
 
 
 @dataclass(frozen=True)
@@ -46,11 +51,9 @@ def experiment_name(dataset: str) -> str:
 
 
 def run_key(model: ModelConfig, train: TrainConfig, dataset: str, version: str) -> str:
-    train_dict = to_dict(train)
-    if train_dict.get("theta") == "map":  # the default: keys of runs made before the option stay
-        del train_dict["theta"]
+    """What identifies a training: the model and train configs and the dataset version."""
     blob = json.dumps(
-        {"model": to_dict(model), "train": train_dict, "dataset": dataset, "version": version},
+        {"model": to_dict(model), "train": to_dict(train), "dataset": dataset, "version": version},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -64,102 +67,103 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+@dataclass(frozen=True)
+class _Plan:
+    root: str
+    manifest: datasets.DatasetManifest
+    model: ModelConfig
+    key: str
+    ckpt_dir: str
+
+    @property
+    def saved_dir(self) -> str:
+        return os.path.join(self.ckpt_dir, "saved_model")
+
+    @property
+    def experiment(self) -> str:
+        return experiment_name(self.manifest.name)
+
+    def output(self, run_id: str, done: dict, resumed_from: int, reused: bool) -> TrainOutput:
+        return TrainOutput(
+            run_id,
+            self.experiment,
+            self.saved_dir,
+            self.manifest.name,
+            self.manifest.version,
+            done["epochs_completed"],
+            done["best_epoch"],
+            done["best_valid_elbo"],
+            resumed_from,
+            reused=reused,
+        )
 
 
-def train(
+def plan_training(
     dataset: str,
     model: ModelConfig,
     train_config: TrainConfig,
-    data_root: str | None = None,
-    version: str | None = None,
-    checkpoint_root: str | None = None,
-    force: bool = False,
-) -> TrainOutput:
-    """Train on the dataset's train split (validation: valid split); returns where the model is."""
-    import tensorflow as tf
-
-    from models.saved import save_model
-    from models.training import fit
-    from models.vae import VAE
-
+    data_root: str | None,
+    version: str | None,
+    checkpoint_root: str | None,
+) -> _Plan:
+    """Resolve the dataset, check the model fits it, and name the checkpoint folder."""
     root = datasets.resolve_data_root(data_root)
     manifest = datasets.load_manifest(root, dataset, version)
     model = dataclasses.replace(model, feature_shape=tuple(manifest.feature_shape))
     datasets.check_model_inputs(manifest, model.likelihood)
     key = run_key(model, train_config, manifest.name, manifest.version)
-    ckpt_dir = os.path.join(
-        checkpoint_root or default_checkpoint_root(root), f"{manifest.name}-{key}"
-    )
-    saved_dir = os.path.join(ckpt_dir, "saved_model")
-    if force and os.path.isdir(ckpt_dir):
-        shutil.rmtree(ckpt_dir)
-    os.makedirs(ckpt_dir, exist_ok=True)
-    experiment = experiment_name(manifest.name)
-    log = logger()
+    base = checkpoint_root or default_checkpoint_root(root)
+    return _Plan(root, manifest, model, key, os.path.join(base, f"{manifest.name}-{key}"))
 
-    run_id = _read(os.path.join(ckpt_dir, "run_id"))
-    done = _read(os.path.join(ckpt_dir, "DONE"))
-    if done and run_id and tracking.run_exists(run_id) and os.path.isdir(saved_dir):
-        info = json.loads(done)
-        log.info(
-            "train: identical finished run %s found (config+data unchanged); not retraining", run_id
-        )
-        return TrainOutput(
-            run_id,
-            experiment,
-            saved_dir,
-            manifest.name,
-            manifest.version,
-            info["epochs_completed"],
-            info["best_epoch"],
-            info["best_valid_elbo"],
-            0,
-            reused=True,
-        )
+
+def _open_run(plan: _Plan, train_config: TrainConfig) -> str:
+    """The MLflow run of this training: the one a killed attempt started, else a new one."""
+    m = plan.manifest
+    run_id = _read(os.path.join(plan.ckpt_dir, "run_id"))
     if not run_id or not tracking.run_exists(run_id):
         run_id = tracking.start_run(
-            experiment,
-            run_name=f"train-{manifest.name}-{key[:6]}",
+            plan.experiment,
+            run_name=f"train-{m.name}-{plan.key[:6]}",
             tags={
-                "aevb.dataset": manifest.name,
-                "aevb.dataset_version": manifest.version,
-                "aevb.run_key": key,
+                "aevb.dataset": m.name,
+                "aevb.dataset_version": m.version,
+                "aevb.run_key": plan.key,
             },
         )
-        _write_atomic(os.path.join(ckpt_dir, "run_id"), run_id)
+        publish.write_text_atomic(os.path.join(plan.ckpt_dir, "run_id"), run_id)
     tracking.log_params(
         run_id,
         {
-            "model": to_dict(model),
+            "model": to_dict(plan.model),
             "train": to_dict(train_config),
-            "dataset": {"name": manifest.name, "version": manifest.version},
+            "dataset": {"name": m.name, "version": m.version},
         },
     )
     tracking.log_dataset_input(
-        run_id,
-        manifest.name,
-        manifest.version,
-        f"{root.rstrip('/')}/datasets/{manifest.name}/{manifest.version}",
+        run_id, m.name, m.version, datasets.version_dir(plan.root, m.name, m.version)
     )
+    return run_id
 
-    def make_train_data(epoch: int) -> tf.data.Dataset:
-        return datasets.make_tf_dataset(
-            root,
-            manifest.name,
-            manifest.version,
+
+def _fit(plan: _Plan, train_config: TrainConfig, run_id: str):
+    """Train the VAE with per-epoch MLflow metrics and log lines; returns (vae, result)."""
+    from models.training import fit
+    from models.vae import VAE
+    from tasks.store.streaming import make_tf_dataset
+
+    m, log = plan.manifest, logger()
+
+    def make_train_data(epoch: int):
+        return make_tf_dataset(
+            plan.root,
+            m.name,
+            m.version,
             C.TRAIN,
             train_config.batch_size,
             shuffle=True,
             seed=train_config.seed,
             epoch=epoch,
         )
-
-    valid = datasets.make_tf_dataset(root, manifest.name, manifest.version, C.VALID, 1000)
 
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
         tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
@@ -172,65 +176,112 @@ def train(
             metrics[C.EXAMPLES_PER_SECOND],
         )
 
-    vae = VAE(model, seed=train_config.seed)
+    vae = VAE(plan.model, seed=train_config.seed)
     if train_config.theta == "full_vb":  # App. F; `vae` ends up holding the means of q(theta)
         from models.full_vb import fit_vae_full_vb as fit
-    try:
-        result = fit(
-            vae,
-            make_train_data,
-            valid,
-            manifest.rows[C.TRAIN],
-            train_config,
-            checkpoint_dir=os.path.join(ckpt_dir, "ckpt"),
-            on_epoch_end=on_epoch_end,
+    valid = make_tf_dataset(plan.root, m.name, m.version, C.VALID, 1000)
+    result = fit(
+        vae,
+        make_train_data,
+        valid,
+        m.rows[C.TRAIN],
+        train_config,
+        checkpoint_dir=os.path.join(plan.ckpt_dir, "ckpt"),
+        on_epoch_end=on_epoch_end,
+    )
+    return vae, result
+
+
+def train(
+    dataset: str,
+    model: ModelConfig,
+    train_config: TrainConfig,
+    data_root: str | None = None,
+    version: str | None = None,
+    checkpoint_root: str | None = None,
+    force: bool = False,
+) -> TrainOutput:
+    """Train on the dataset's train split (validation: valid split); returns where the model is."""
+    from models.saved import save_model
+
+    plan = plan_training(dataset, model, train_config, data_root, version, checkpoint_root)
+    m, log = plan.manifest, logger()
+    if force and os.path.isdir(plan.ckpt_dir):
+        shutil.rmtree(plan.ckpt_dir)
+    os.makedirs(plan.ckpt_dir, exist_ok=True)
+    run_id, done = (
+        _read(os.path.join(plan.ckpt_dir, "run_id")),
+        _read(os.path.join(plan.ckpt_dir, "DONE")),
+    )
+    if done and run_id and tracking.run_exists(run_id) and os.path.isdir(plan.saved_dir):
+        log.info(
+            "train: identical finished run %s found (config+data unchanged); not retraining", run_id
         )
+        return plan.output(run_id, json.loads(done), 0, reused=True)
+    run_id = _open_run(plan, train_config)
+    try:
+        vae, result = _fit(plan, train_config, run_id)
     except TrainingDivergedError as exc:
         tracking.set_tags(run_id, {"aevb.failure": str(exc)[:500]})
         tracking.end_run(run_id, failed=True)
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # a diverged run must not be resumed or reused
+        shutil.rmtree(
+            plan.ckpt_dir, ignore_errors=True
+        )  # a diverged run is never resumed or reused
         raise
     if result.resumed_from_epoch:
         log.info("train: resumed from epoch %d checkpoint", result.resumed_from_epoch)
     save_model(
         vae,
-        saved_dir,
-        extra={
-            "dataset": manifest.name,
-            "dataset_version": manifest.version,
-            "run_id": run_id,
-            "scale": manifest.scale,
-        },
+        plan.saved_dir,
+        extra={"dataset": m.name, "dataset_version": m.version, "run_id": run_id, "scale": m.scale},
     )
     tracking.set_tags(
         run_id, {"aevb.best_epoch": result.best_epoch, "aevb.stopped_early": result.stopped_early}
     )
-    tracking.log_training_plots(  # PNGs under plots/ (tasks/plots.py)
-        run_id, vae, root, manifest.name, manifest.version, result.history, train_config.seed
-    )
+    log_training_plots(run_id, vae, plan.root, m, result.history, train_config.seed)
     tracking.end_run(run_id)  # later stages (evaluate, register) may still log to a finished run
-    _write_atomic(
-        os.path.join(ckpt_dir, "DONE"),
-        json.dumps(
-            {
-                "epochs_completed": result.epochs_completed,
-                "best_epoch": result.best_epoch,
-                "best_valid_elbo": result.best_valid_elbo,
-            }
-        ),
-    )
-    return TrainOutput(
-        run_id,
-        experiment,
-        saved_dir,
-        manifest.name,
-        manifest.version,
-        result.epochs_completed,
-        result.best_epoch,
-        result.best_valid_elbo,
-        result.resumed_from_epoch,
-        reused=False,
-    )
+    info = {
+        "epochs_completed": result.epochs_completed,
+        "best_epoch": result.best_epoch,
+        "best_valid_elbo": result.best_valid_elbo,
+    }
+    publish.write_text_atomic(os.path.join(plan.ckpt_dir, "DONE"), json.dumps(info))
+    return plan.output(run_id, info, result.resumed_from_epoch, reused=False)
+
+
+def held_out_rows(
+    data_root: str, manifest: datasets.DatasetManifest, max_rows: int = 2000
+) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``max_rows`` (x [N, D] model space, labels [N]) from the test split, else valid/train."""
+    for split in (C.TEST, C.VALID, C.TRAIN):
+        xs, labels, rows = [], [], 0
+        for _, x, lab in readers.iter_batches(
+            data_root, manifest.name, manifest.version, split, 500
+        ):
+            xs.append(x[: max_rows - rows])
+            labels.append(lab[: max_rows - rows])
+            rows += len(xs[-1])
+            if rows >= max_rows:
+                break
+        if rows:
+            return np.concatenate(xs), np.concatenate(labels)
+    raise ValueError(f"dataset {manifest.name}@{manifest.version} has no rows")  # ingest forbids it
+
+
+def log_training_plots(
+    run_id: str,
+    vae,
+    data_root: str,
+    manifest: datasets.DatasetManifest,
+    history: list[dict[str, float]],
+    seed: int = 0,
+) -> list[str]:
+    """Render tasks/plots.py's PNGs for a trained VAE on held-out rows and log them under plots/."""
+    x, labels = held_out_rows(data_root, manifest)
+    with tempfile.TemporaryDirectory(prefix="aevb-plots-") as tmp:
+        paths = plots.write_training_plots(vae, x, labels, history, tmp, seed=seed)
+        tracking.log_artifacts(run_id, tmp, PLOTS_ARTIFACT)
+    return [f"{PLOTS_ARTIFACT}/{os.path.basename(p)}" for p in paths]
 
 
 train_task = task(train, name="train", cache_policy=NO_CACHE)

@@ -95,9 +95,12 @@ def _readers() -> dict:
     from tasks.sources.tabular import load_csv_source, load_npz_source, load_parquet_source
 
     return {
-        "idx": load_idx_source, "csv": load_csv_source, "npz": load_npz_source,
-        "images": load_image_folder_source, "parquet": load_parquet_source,
-    }  # fmt: skip
+        "idx": load_idx_source,
+        "csv": load_csv_source,
+        "npz": load_npz_source,
+        "images": load_image_folder_source,
+        "parquet": load_parquet_source,
+    }
 
 
 def _no_options(source: str, options: dict) -> None:

@@ -104,11 +104,15 @@ def finish(
     check_unique_ids(uri, ids)
     x, default_scale = choose_storage(uri, x, storage_dtype)
     return SourceData(
-        kind=kind, uri=uri, sha256=sha256, x=x, ids=ids,
+        kind=kind,
+        uri=uri,
+        sha256=sha256,
+        x=x,
+        ids=ids,
         scale=float(default_scale if scale is None else scale),
         labels=None if labels is None else np.ma.asarray(labels).astype(np.int64),
         **extra,  # type: ignore[arg-type]
-    )  # fmt: skip
+    )
 
 
 def check_unique_ids(uri: str, ids: np.ndarray) -> None:

@@ -18,9 +18,17 @@ from tasks.sources.base import SourceData, finish, sha256_files
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_LABELS = (
-    "t-shirt/top", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle boot",
-)  # fmt: skip
+    "t-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
 BUILTINS = ("digits", "mnist-5k", "fashion-mnist")
 
 
@@ -42,9 +50,16 @@ def load_digits_source() -> SourceData:
     sha = sha256_files([csv]) if os.path.exists(csv) else ""
     ids = np.asarray([f"digits-{i:04d}" for i in range(len(x))], dtype=object)
     return finish(
-        "digits", "sklearn.datasets.load_digits", sha, x, ids=ids, labels=bunch.target,
-        scale=1.0 / 16.0, storage_dtype="uint8", label_names=tuple(str(d) for d in range(10)),
-    )  # fmt: skip
+        "digits",
+        "sklearn.datasets.load_digits",
+        sha,
+        x,
+        ids=ids,
+        labels=bunch.target,
+        scale=1.0 / 16.0,
+        storage_dtype="uint8",
+        label_names=tuple(str(d) for d in range(10)),
+    )
 
 
 def mnist_5k_path() -> str:
@@ -71,9 +86,15 @@ def load_mnist_5k_source() -> SourceData:
     x = table[:, :784].reshape(-1, 28, 28)
     ids = np.asarray([f"mnist5k-{i:04d}" for i in range(len(x))], dtype=object)
     return finish(
-        "mnist-5k", path, sha256_files([path]), x, ids=ids, labels=table[:, 784],
-        storage_dtype="uint8", label_names=tuple(str(d) for d in range(10)),
-    )  # fmt: skip
+        "mnist-5k",
+        path,
+        sha256_files([path]),
+        x,
+        ids=ids,
+        labels=table[:, 784],
+        storage_dtype="uint8",
+        label_names=tuple(str(d) for d in range(10)),
+    )
 
 
 def load_fashion_mnist_source(path: str | None = None) -> SourceData:

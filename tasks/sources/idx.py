@@ -131,10 +131,19 @@ def load_idx_source(
     fixed_split = np.asarray(fixed) if len(set(fixed)) > 1 else None
     labels = np.ma.concatenate(ys) if any(y.count() for y in ys) else None
     return finish(
-        "idx", path, "", np.concatenate(xs), ids=np.asarray(ids, dtype=object), labels=labels,
-        scale=scale, storage_dtype=storage_dtype, fixed_split=fixed_split,
-        options={k: v for k, v in {"labels_file": labels_file, "scale": scale}.items() if v is not None},
-    )  # fmt: skip
+        "idx",
+        path,
+        "",
+        np.concatenate(xs),
+        ids=np.asarray(ids, dtype=object),
+        labels=labels,
+        scale=scale,
+        storage_dtype=storage_dtype,
+        fixed_split=fixed_split,
+        options={
+            k: v for k, v in {"labels_file": labels_file, "scale": scale}.items() if v is not None
+        },
+    )
 
 
 def write_idx(path: str, array: np.ndarray) -> None:

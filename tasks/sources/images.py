@@ -76,7 +76,14 @@ def load_image_folder_source(
         names = tuple(sorted(set(tops)))
         labels = np.asarray([names.index(t) for t in tops], dtype=np.int64)
     return finish(
-        "images", folder, "", x, ids=np.asarray(files, dtype=object), labels=labels, scale=scale,
-        storage_dtype=storage_dtype, label_names=names,
+        "images",
+        folder,
+        "",
+        x,
+        ids=np.asarray(files, dtype=object),
+        labels=labels,
+        scale=scale,
+        storage_dtype=storage_dtype,
+        label_names=names,
         options={"color": color, "labels_from_folders": bool(labels_from_folders)},
-    )  # fmt: skip
+    )

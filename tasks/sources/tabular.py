@@ -149,10 +149,17 @@ def load_csv_source(
         "scale": scale,
     }
     return finish(
-        "csv", path, "", x, ids=_ids(path, table, id_column), labels=labels, scale=scale,
-        storage_dtype=storage_dtype, label_names=names,
+        "csv",
+        path,
+        "",
+        x,
+        ids=_ids(path, table, id_column),
+        labels=labels,
+        scale=scale,
+        storage_dtype=storage_dtype,
+        label_names=names,
         options={k: v for k, v in opts.items() if v is not None},
-    )  # fmt: skip
+    )
 
 
 def load_npz_source(
@@ -189,9 +196,16 @@ def load_npz_source(
             f"{path}: array 'y' must hold integer class labels, found dtype {y.dtype}"
         )
     return finish(
-        "npz", path, "", x, ids=ids, labels=None if y is None else y.astype(np.int64), scale=scale,
-        storage_dtype=storage_dtype, options={"scale": scale} if scale is not None else {},
-    )  # fmt: skip
+        "npz",
+        path,
+        "",
+        x,
+        ids=ids,
+        labels=None if y is None else y.astype(np.int64),
+        scale=scale,
+        storage_dtype=storage_dtype,
+        options={"scale": scale} if scale is not None else {},
+    )
 
 
 def load_parquet_source(
@@ -235,10 +249,17 @@ def load_parquet_source(
         "scale": scale,
     }
     return finish(
-        "parquet", path, "", x, ids=_ids(path, table, id_column), labels=labels, scale=scale,
-        storage_dtype=storage_dtype, label_names=names,
+        "parquet",
+        path,
+        "",
+        x,
+        ids=_ids(path, table, id_column),
+        labels=labels,
+        scale=scale,
+        storage_dtype=storage_dtype,
+        label_names=names,
         options={k: v for k, v in opts.items() if v is not None},
-    )  # fmt: skip
+    )
 
 
 def _list_column(path: str, table: pa.Table, name: str) -> np.ndarray:

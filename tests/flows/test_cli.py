@@ -4,15 +4,32 @@ from __future__ import annotations
 
 import pytest
 
-from flows.cli import VERB_MODULES, main
+from flows.cli import VERBS, main
 
 
-@pytest.mark.parametrize("verb", sorted(VERB_MODULES))
+@pytest.mark.parametrize("verb", sorted(VERBS))
 def test_every_verb_has_help(verb, capsys):
     with pytest.raises(SystemExit) as exc:
         main([verb, "--help"])
     assert exc.value.code == 0
     assert f"usage: aevb {verb}" in capsys.readouterr().out
+
+
+def test_building_the_parser_imports_nothing_heavy():
+    """`aevb --help` must stay quick: no verb module imports a heavy library at the top."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from flows import cli; cli.build_parser(); "
+        "print(sorted(m for m in ('mlflow', 'tensorflow', 'pyarrow', 'prefect', 'pandas', 'numpy')"
+        " if m in sys.modules))"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=repo, env={**os.environ, "PYTHONPATH": repo})  # fmt: skip
+    assert out.stdout.strip() == "[]"
 
 
 def test_version(capsys):

@@ -1,9 +1,10 @@
-"""Fan-out of sharded ingest and export (tasks/fanout.py) on Prefect's task runners.
+"""Fan-out of sharded ingest and export on Prefect's task runners (tasks/runners.py).
 
-The same sharded inputs go through `ingest_shards` and `export_shards` on the default thread pool,
-on prefect-dask's DaskTaskRunner with a LocalCluster, and (slow) on a real `dask scheduler` +
-`dask worker` started here as subprocesses on 127.0.0.1; the written Parquet must be identical,
-and identical to the single-task `ingest` of the concatenated input / `export_latents`.
+`ingest` of several shards and `export_latents` run their shard/part loop inline or submit one task
+per shard/part (``shard_task`` / ``part_task``); the same inputs go through the default thread
+pool, prefect-dask's DaskTaskRunner with a LocalCluster, and (slow) a real `dask scheduler` +
+`dask worker` started here as subprocesses on 127.0.0.1. The written Parquet must be identical to
+the inline run, and to the `ingest` of the concatenated input.
 """
 
 from __future__ import annotations
@@ -64,11 +65,23 @@ def shards(tmp_path_factory) -> dict:
 OPTIONS = {"id_column": "id", "label_column": "label"}
 
 
-def _ingest(shards: dict, root: Path, kind: str, address: str | None = None):
-    from tasks.fanout import fanout_flow, ingest_shards
+def _on_runner(fn, kind: str = "threads", address: str | None = None):
+    """``fn`` as a Prefect flow whose tasks run on a fresh runner of ``kind``."""
+    from prefect import flow
 
-    run = fanout_flow(ingest_shards, "aevb-ingest-shards", kind, address)
-    return run(shards["paths"], "sharded", str(root), options=OPTIONS)
+    from tasks.runners import make_task_runner
+
+    return flow(fn, name=f"fanout-{fn.__name__}", task_runner=make_task_runner(kind, address))
+
+
+def _ingest_shards(paths: list[str], name: str, root: str, options: dict, prefix_ids=False):
+    from tasks.ingest import ingest, stage_shard_task
+
+    return ingest(paths, name, root, prefix_ids=prefix_ids, shard_task=stage_shard_task, **options)
+
+
+def _ingest(shards: dict, root: Path, kind: str, address: str | None = None):
+    return _on_runner(_ingest_shards, kind, address)(shards["paths"], "sharded", str(root), OPTIONS)
 
 
 def _dataset(root: Path, version: str) -> dict:
@@ -89,8 +102,8 @@ def ingested_threads(prefect_harness, shards):
 
 
 def test_sharded_ingest_equals_ingest_of_the_concatenated_input(shards, ingested_threads) -> None:
-    from tasks.datasets import load_manifest
     from tasks.ingest import ingest
+    from tasks.store.datasets import load_manifest
 
     root, result = ingested_threads
     whole = ingest(shards["all"], "sharded", str(shards["tmp"] / "root-whole"), **OPTIONS)
@@ -102,6 +115,16 @@ def test_sharded_ingest_equals_ingest_of_the_concatenated_input(shards, ingested
     assert not [p for p in (root / "datasets" / "sharded").iterdir() if p.name.startswith(".")]
 
 
+def test_inline_sharded_ingest_equals_the_task_per_shard_one(shards, ingested_threads) -> None:
+    from tasks.ingest import ingest
+
+    root_t, threads = ingested_threads
+    root = shards["tmp"] / "root-inline"
+    inline = ingest(shards["paths"], "sharded", str(root), **OPTIONS)
+    assert inline.version == threads.version
+    _assert_same_dataset(_dataset(root, inline.version), _dataset(root_t, threads.version))
+
+
 def test_sharded_ingest_on_a_dask_local_cluster_is_identical(shards, ingested_threads) -> None:
     root_t, threads = ingested_threads
     root = shards["tmp"] / "root-dask-local"
@@ -111,36 +134,32 @@ def test_sharded_ingest_on_a_dask_local_cluster_is_identical(shards, ingested_th
 
 
 def test_ids_repeated_across_shards_are_refused_unless_prefixed(prefect_harness, tmp_path) -> None:
-    from tasks.fanout import fanout_flow, ingest_shards
-
     x = np.arange(3 * D).reshape(3, D) % 7
     for s in range(2):
         _write_csv(tmp_path / f"p{s}.csv", ["0", "1", "2"], x, ["a", "b", "a"])
     paths = [str(tmp_path / "p0.csv"), str(tmp_path / "p1.csv")]
-    run = fanout_flow(ingest_shards, "aevb-ingest-shards")
+    run = _on_runner(_ingest_shards)
     with pytest.raises(DatasetError, match=r"row id '0' of shard .*p1.csv' also appears in shard"):
-        run(paths, "dups", str(tmp_path / "root"), options=OPTIONS)
+        run(paths, "dups", str(tmp_path / "root"), OPTIONS)
     assert not (tmp_path / "root" / "datasets" / "dups").exists() or not [
         p for p in (tmp_path / "root" / "datasets" / "dups").iterdir()
     ]  # nothing written, staging removed
-    ok = run(paths, "dups", str(tmp_path / "root"), options=OPTIONS, prefix_ids=True)
+    ok = run(paths, "dups", str(tmp_path / "root"), OPTIONS, prefix_ids=True)
     ids = pq.read_table(Path(ok.path) / "split=train").column(C.COL_ID).to_pylist()
     assert all(i.startswith(("p0.csv/", "p1.csv/")) for i in ids)
 
 
 def test_shards_stored_differently_are_refused(prefect_harness, tmp_path) -> None:
-    from tasks.fanout import fanout_flow, ingest_shards
-
     ints = np.arange(2 * D).reshape(2, D) % 200  # auto: uint8, scale 1/255
     _write_csv(tmp_path / "p0.csv", ["a0", "a1"], ints, ["x", "y"])
     _write_csv(tmp_path / "p1.csv", ["b0", "b1"], ints + 0.5, ["x", "y"])  # auto: float32, scale 1
-    run = fanout_flow(ingest_shards, "aevb-ingest-shards")
+    run = _on_runner(_ingest_shards)
+    paths = [str(tmp_path / "p0.csv"), str(tmp_path / "p1.csv")]
     with pytest.raises(DatasetError, match=r"p1.csv' has storage_dtype='float32' but .*'uint8'"):
-        run([str(tmp_path / "p0.csv"), str(tmp_path / "p1.csv")], "mixed", str(tmp_path / "r"),
-            options=OPTIONS)  # fmt: skip
-    explicit = {**OPTIONS, "storage_dtype": "float32", "scale": 1.0}
-    ok = run([str(tmp_path / "p0.csv"), str(tmp_path / "p1.csv")], "mixed", str(tmp_path / "r"),
-             options=explicit)  # fmt: skip
+        run(paths, "mixed", str(tmp_path / "r"), OPTIONS)
+    ok = run(
+        paths, "mixed", str(tmp_path / "r"), {**OPTIONS, "storage_dtype": "float32", "scale": 1.0}
+    )
     assert ok.created
 
 
@@ -149,8 +168,8 @@ def test_shards_stored_differently_are_refused(prefect_harness, tmp_path) -> Non
 def model_env(prefect_harness, shards):
     """A multi-part dataset (rows_per_file=16) and an untrained model registered as champion."""
     from tasks import tracking
-    from tasks.datasets import DatasetWriter
     from tasks.register import register
+    from tasks.store.writer import DatasetWriter
     from tests.tasks._mlflow_helpers import save_untrained_model
 
     tmp = shards["tmp"]
@@ -177,16 +196,26 @@ def model_env(prefect_harness, shards):
         os.environ["AEVB_MLFLOW_DIR"] = old
 
 
-def _export(env: dict, kind: str, address: str | None = None):
-    """export_shards on ``kind``; returns (output, the table read back) and removes the table."""
-    from tasks.fanout import export_shards, fanout_flow
+def _export_parts(uri: str, dataset: str, root: str, batch_size: int):
+    from tasks.export import encode_part_task, export_latents
 
-    run = fanout_flow(export_shards, "aevb-export-shards", kind, address)
-    out = run(env["uri"], "parts", env["root"], batch_size=7)
-    table = pq.read_table(out.path, ignore_prefixes=["manifest", ".", "_"])
-    files = sorted(os.listdir(out.path))
-    shutil.rmtree(out.path)  # the next runner writes the same model version from scratch
-    return out, table, files
+    return export_latents(uri, dataset, root, batch_size=batch_size, part_task=encode_part_task)
+
+
+def _take_table(path: str) -> tuple:
+    """(table, {file: bytes}) of a published latent table, then remove it (and its manifest) so
+    the next export writes the same model version from scratch."""
+    table = pq.read_table(path)
+    files = {f: (Path(path) / f).read_bytes() for f in sorted(os.listdir(path))}
+    shutil.rmtree(path)
+    os.remove(f"{path}.manifest.json")
+    return table, files
+
+
+def _export(env: dict, kind: str, address: str | None = None):
+    """The part-per-task export on ``kind``; returns (output, table, {file: bytes})."""
+    out = _on_runner(_export_parts, kind, address)(env["uri"], "parts", env["root"], 7)
+    return (out, *_take_table(out.path))
 
 
 @pytest.fixture(scope="module")
@@ -194,22 +223,23 @@ def exported_threads(model_env):
     return _export(model_env, "threads")
 
 
-def test_sharded_export_equals_export_latents(model_env, exported_threads) -> None:
+def test_task_per_part_export_is_byte_identical_to_the_inline_export(model_env, exported_threads):
+    """`aevb export` (parts inline) and the pipeline's export (one task per part) are the same
+    function: the published files are byte for byte the same."""
     from tasks.export import export_latents
 
     out, table, files = exported_threads
     assert out.created and out.rows == 50 + 20 + 33
-    # one task per (split, dataset part): 4 + 2 + 3 parts of <= 16 rows
-    assert [f for f in files if f.endswith(".parquet")] == [
+    # one part per (split, dataset part): 4 + 2 + 3 parts of <= 16 rows
+    assert list(files) == [
         *(f"part-test-{i:05d}.parquet" for i in range(3)),
         *(f"part-train-{i:05d}.parquet" for i in range(4)),
         *(f"part-valid-{i:05d}.parquet" for i in range(2)),
     ]
     single = export_latents(model_env["uri"], "parts", model_env["root"], batch_size=7)
-    reference = pq.read_table(single.path, ignore_prefixes=["manifest", ".", "_"])
-    shutil.rmtree(single.path)
+    reference, reference_files = _take_table(single.path)
     assert table.num_rows == reference.num_rows == single.rows
-    assert table.sort_by(C.COL_ID).equals(reference.sort_by(C.COL_ID))  # bit-identical values
+    assert reference_files == files
 
 
 def test_sharded_export_on_a_dask_local_cluster_is_identical(model_env, exported_threads) -> None:
@@ -225,10 +255,10 @@ def test_export_in_a_flow_takes_the_pipeline_retry_policy(model_env, exported_th
     retry policy; one injected transient error is retried and the table is unchanged."""
     from prefect import flow
 
-    import tasks.fanout as fanout
-    from flows.stages import with_io_retries
+    import tasks.export as export
+    from tasks.runners import with_io_retries
 
-    real, calls = fanout._encoder, []
+    real, calls = export.make_encoder, []
 
     def flaky(saved_model_dir: str):
         calls.append(saved_model_dir)
@@ -236,17 +266,19 @@ def test_export_in_a_flow_takes_the_pipeline_retry_policy(model_env, exported_th
             raise ConnectionError("connection reset by peer (injected)")
         return real(saved_model_dir)
 
-    monkeypatch.setattr(fanout, "_encoder", flaky)
+    monkeypatch.setattr(export, "make_encoder", flaky)
 
     @flow(name="pipeline-like")
     def pipeline_like():
-        return fanout.export_shards(model_env["uri"], "parts", model_env["root"], batch_size=7,
-                                    wrap=lambda t: with_io_retries(t, 1, 0.0))  # fmt: skip
+        return export.export_latents(
+            model_env["uri"], "parts", model_env["root"], batch_size=7,
+            part_task=with_io_retries(export.encode_part_task, 1, 0.0),
+        )  # fmt: skip
 
     out = pipeline_like()
-    table = pq.read_table(out.path, ignore_prefixes=["manifest", ".", "_"])
-    shutil.rmtree(out.path)
+    table, files = _take_table(out.path)
     assert len(calls) == 9 + 1 and table.equals(exported_threads[1])
+    assert files == exported_threads[2]
 
 
 # ----------------------------------------------------------------------------- real cluster
@@ -335,11 +367,11 @@ def test_real_dask_cluster_ingest_and_export_are_identical(
         import os as _os
         import sys as _sys
 
-        fanout = _sys.modules.get("tasks.fanout")
+        export = _sys.modules.get("tasks.export")
         return {
             "pid": _os.getpid(),
             "read_csv": "tasks.sources.tabular" in _sys.modules,
-            "encoders": len(fanout._ENCODERS) if fanout else 0,
+            "encoders": len(export._ENCODERS) if export else 0,
         }
 
     (state,) = client.run(worker_state).values()
@@ -354,7 +386,7 @@ def test_pipeline_with_sharded_input_on_the_dask_runner(shards, ingested_threads
     trained and registered, and the exported table has one row per input row."""
     from flows.config import load_config
     from flows.pipeline import pipeline_flow
-    from tasks.export import latent_table_path
+    from tasks.store.tables import latent_table_path
 
     root = str(tmp_path / "data")
     with env(MLFLOW_TRACKING_URI=None, AEVB_MLFLOW_DIR=str(tmp_path / "mlflow")):
@@ -366,8 +398,7 @@ def test_pipeline_with_sharded_input_on_the_dask_runner(shards, ingested_threads
         ])  # fmt: skip
         s = pipeline_flow(config)
     assert s.model_name == "aevb-sharded" and s.model_version == 1 and s.promoted
-    table = pq.read_table(latent_table_path(root, "sharded", "aevb-sharded", 1),
-                          ignore_prefixes=["manifest", ".", "_"])  # fmt: skip
+    table = pq.read_table(latent_table_path(root, "sharded", "aevb-sharded", 1))
     ids = sorted(table.column(C.COL_ID).to_pylist())
     want = sorted(f"part-{s}.csv/s{s}-{i}" for s in range(3) for i in range(40 + 10 * s))
     assert ids == want

@@ -177,8 +177,8 @@ def test_version_flag(capsys):
 
 # -- retry policy ----------------------------------------------------------------------------------
 def test_transient_errors_are_recognised_and_pipeline_errors_never():
-    from flows.stages import is_transient_io_error
     from models.errors import ConfigError, TrackingError
+    from tasks.runners import is_transient_io_error
 
     class MlflowException(Exception):
         pass
@@ -205,8 +205,8 @@ def test_transient_errors_are_recognised_and_pipeline_errors_never():
 def test_stage_retries_transient_errors_only(prefect_harness):
     from prefect import flow, task
 
-    from flows.stages import with_io_retries
     from models.errors import DatasetError
+    from tasks.runners import with_io_retries
 
     calls = {"io": 0, "user": 0}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import flows.cli
-from flows.reproduce_cli import parse_overrides
+from flows.config import parse_reproduce_overrides as parse_overrides
 from models.errors import ConfigError
 
 TINY = [
@@ -23,9 +23,7 @@ TINY = [
 
 
 @pytest.fixture
-def aevb(monkeypatch):
-    """`flows.cli.main` with the verb registered (idempotent once the integrator wires it)."""
-    monkeypatch.setitem(flows.cli.VERB_MODULES, "reproduce", "flows.reproduce_cli")
+def aevb():
     return flows.cli.main
 
 

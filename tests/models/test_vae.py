@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from models.config import ModelConfig
-from models.vae import LOG_VAR_MAX, LOG_VAR_MIN, PAPER_INIT_STD, VAE, _soft_clip
+from models.vae import LOG_VAR_MAX, LOG_VAR_MIN, PAPER_INIT_STD, VAE, soft_clip
 
 
 def make(likelihood: str = "bernoulli", **kw) -> VAE:
@@ -43,7 +43,7 @@ def test_gaussian_likelihood_has_sigmoid_mean_and_learned_per_dimension_variance
     out = model.decoder(Z).numpy().astype(np.float64)
     assert out.shape[-1] == 2 * 6  # a mean logit and a log-variance per feature
     mean = 1 / (1 + np.exp(-out[..., :6]))
-    log_var = _soft_clip(tf.constant(out[..., 6:]), LOG_VAR_MIN, LOG_VAR_MAX).numpy()
+    log_var = soft_clip(tf.constant(out[..., 6:]), LOG_VAR_MIN, LOG_VAR_MAX).numpy()
     x = X_FRACTIONAL.numpy()
     expected = np.sum(
         -0.5 * (np.log(2 * math.pi) + log_var + (x - mean) ** 2 / np.exp(log_var)), axis=-1

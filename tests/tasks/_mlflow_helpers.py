@@ -23,7 +23,7 @@ def write_dataset(
     num_classes: int = 3,
 ) -> str:
     """Binary [0, 1] uint8 data with labels, written as one dataset version; returns the version."""
-    from tasks.datasets import DatasetWriter
+    from tasks.store.writer import DatasetWriter
 
     rng = np.random.default_rng(seed)
     d = int(np.prod(feature_shape))

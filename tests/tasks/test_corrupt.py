@@ -23,9 +23,9 @@ def root(tmp_path_factory):
 
 
 def _split(root, name, split=C.TEST, version=None):
-    from tasks import datasets
+    from tasks.store import readers
 
-    return datasets.read_split(root, name, version, split)
+    return readers.read_split(root, name, version, split)
 
 
 def _listing(root):
@@ -33,13 +33,14 @@ def _listing(root):
 
 
 def test_inpaint_keeps_rows_and_zeroes_exactly_the_masked_entries(root):
-    from tasks import datasets
-    from tasks.corrupt import corrupt_dataset, degradation_of
+    from tasks.corrupt import corrupt_dataset
+    from tasks.store import datasets as ds
+    from tasks.store.degradations import degradation_of
 
     out = corrupt_dataset("digits", "inpaint", data_root=root, amount=0.5, seed=1)
     assert out.name == "digits-inpaint" and out.created
-    clean = datasets.load_manifest(root, "digits")
-    m = datasets.load_manifest(root, out.name)
+    clean = ds.load_manifest(root, "digits")
+    m = ds.load_manifest(root, out.name)
     assert m.source["clean"] == {"name": "digits", "version": clean.version}
     assert m.source["mask"] == out.mask and out.mask["name"] == "digits-inpaint.mask"
     assert degradation_of(m) == {**out.degradation, "kind": "inpaint"}
@@ -93,11 +94,11 @@ def test_salt_pepper_sets_the_given_fraction_to_the_value_range_ends(root):
 
 
 def test_superres_is_average_pooling(root):
-    from tasks import datasets
     from tasks.corrupt import corrupt_dataset
+    from tasks.store import datasets as ds
 
     out = corrupt_dataset("digits", "superres", data_root=root, factor=2)
-    assert datasets.load_manifest(root, out.name).feature_shape == (4, 4)
+    assert ds.load_manifest(root, out.name).feature_shape == (4, 4)
     _, x, _ = _split(root, "digits")
     _, y, _ = _split(root, out.name)
     want = x.reshape(-1, 4, 2, 4, 2).mean(axis=(2, 4)).reshape(-1, 16)
@@ -127,12 +128,12 @@ def test_bad_input_names_the_field_and_writes_nothing(root, kwargs, error, match
 
 
 def test_a_failure_mid_write_publishes_nothing(root, monkeypatch):
-    import models.restoration as R
-    from tasks import datasets
+    import models.degradations as Dg
     from tasks.corrupt import corrupt_dataset
+    from tasks.store import datasets as ds
 
     calls = {"n": 0}
-    real = R.degrade
+    real = Dg.degrade
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -140,10 +141,10 @@ def test_a_failure_mid_write_publishes_nothing(root, monkeypatch):
             raise OSError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(R, "degrade", flaky)
+    monkeypatch.setattr(Dg, "degrade", flaky)
     with pytest.raises(OSError, match="disk full"):
         corrupt_dataset("digits", "inpaint", "half", root, block=3)
     for name in ("half", "half.mask"):
-        assert datasets.current_version(root, name) is None
+        assert ds.current_version(root, name) is None
         folder = os.path.join(root, "datasets", name)
         assert not os.path.isdir(folder) or not os.listdir(folder)

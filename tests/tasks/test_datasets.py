@@ -1,4 +1,4 @@
-"""The dataset store: layout, manifest, versioning, readers, model-input checks (tasks/datasets.py)."""
+"""The dataset store: layout, manifest, versioning, readers, model-input checks (tasks/store/)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from sklearn.datasets import load_digits
 
 from models.constants import COL_ID, COL_LABEL, COL_X, SPLITS
 from models.errors import DatasetError
-from tasks import datasets as ds
 from tasks.ingest import ingest
+from tasks.store import datasets as ds
+from tasks.store import readers, roots
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,11 @@ def digits_root(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_layout_and_manifest_follow_the_contract(digits_root: str) -> None:
     base = os.path.join(digits_root, "datasets", "digits")
     version = open(os.path.join(base, "CURRENT")).read().strip()
-    doc = json.load(open(os.path.join(base, version, "manifest.json")))
+    # The manifest sits beside the version folder, which holds Parquet files only.
+    doc = json.load(open(os.path.join(base, f"{version}.manifest.json")))
+    found = sorted(os.path.relpath(os.path.join(d, f), os.path.join(base, version))
+                   for d, _, files in os.walk(os.path.join(base, version)) for f in files)  # fmt: skip
+    assert found and all(f.endswith(".parquet") and f.startswith("split=") for f in found)
     assert doc["version"] == version and doc["name"] == "digits"
     assert doc["feature_shape"] == [8, 8] and doc["storage_dtype"] == "uint8"
     assert doc["scale"] == pytest.approx(1 / 16) and doc["value_range"] == [0.0, 1.0]
@@ -47,7 +52,7 @@ def test_splits_partition_the_source_and_round_trip_exactly(digits_root: str) ->
     bunch = load_digits()
     seen = {}
     for split in SPLITS:
-        ids, x, labels = ds.read_split(digits_root, "digits", None, split)
+        ids, x, labels = readers.read_split(digits_root, "digits", None, split)
         assert x.dtype == np.float32 and x.shape == (len(ids), 64) and labels.dtype == np.int64
         for i, row, label in zip(ids, x, labels, strict=True):
             seen[i] = split
@@ -58,8 +63,8 @@ def test_splits_partition_the_source_and_round_trip_exactly(digits_root: str) ->
 
 
 def test_iter_batches_streams_the_same_rows_in_order(digits_root: str) -> None:
-    ids, x, labels = ds.read_split(digits_root, "digits", None, "train")
-    batches = list(ds.iter_batches(digits_root, "digits", None, "train", batch_size=100))
+    ids, x, labels = readers.read_split(digits_root, "digits", None, "train")
+    batches = list(readers.iter_batches(digits_root, "digits", None, "train", batch_size=100))
     assert [len(b[0]) for b in batches] == [100] * 14 + [37]
     np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), ids)
     np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), x)
@@ -82,8 +87,18 @@ def test_missing_dataset_says_how_to_ingest(tmp_path) -> None:
 
 def test_unknown_version_lists_the_available_ones(digits_root: str) -> None:
     current = ds.current_version(digits_root, "digits")
-    with pytest.raises(DatasetError, match=f"no version 'deadbeef' \\(available: {current}\\)"):
-        ds.load_manifest(digits_root, "digits", "deadbeef")
+    with pytest.raises(
+        DatasetError, match=f"no version '00000000deadbeef' \\(available: {current}\\)"
+    ):
+        ds.load_manifest(digits_root, "digits", "00000000deadbeef")
+
+
+@pytest.mark.parametrize("version", ["../..", "..", "../../../outside", "abc", "/etc", "v1"])
+def test_versions_are_content_hashes_never_paths(digits_root: str, version: str) -> None:
+    with pytest.raises(DatasetError, match="invalid dataset version"):
+        ds.load_manifest(digits_root, "digits", version)
+    with pytest.raises(DatasetError, match="invalid dataset version"):
+        readers.read_split(digits_root, "digits", version, "test")
 
 
 @pytest.mark.parametrize("name", ["", "Upper", "-lead", "a/b", "..", "x" * 65, "sp ace"])
@@ -99,8 +114,8 @@ def test_data_root_resolution(monkeypatch, tmp_path) -> None:
     assert ds.resolve_data_root(str(tmp_path / "arg")) == str(tmp_path / "arg")
     assert ds.resolve_data_root("s3://bucket/prefix/") == "s3://bucket/prefix"
     monkeypatch.delenv("AEVB_DATA_ROOT")
-    assert ds.resolve_data_root(None) == ds.DEFAULT_DATA_ROOT
-    assert ds.DEFAULT_DATA_ROOT.endswith(os.sep + "data")
+    assert ds.resolve_data_root(None) == roots.DEFAULT_DATA_ROOT
+    assert roots.DEFAULT_DATA_ROOT.endswith(os.sep + "data")
 
 
 def test_check_model_inputs_guards_unit_interval_likelihoods(digits_root: str) -> None:

@@ -65,12 +65,12 @@ def _read(path: str):
 
 
 def test_rows_and_ids_match_the_dataset_split_by_split(registered, exported):
-    from tasks import datasets
+    from tasks.store import readers
 
     df = _read(exported.path)
     assert exported.created and exported.rows == len(df) == 1797
     for split in C.SPLITS:
-        ids, _, labels = datasets.read_split(registered["root"], "digits", None, split)
+        ids, _, labels = readers.read_split(registered["root"], "digits", None, split)
         part = df[df[C.COL_SPLIT] == split]
         assert list(part[C.COL_ID]) == list(ids)  # same rows, same stored order
         np.testing.assert_array_equal(part[C.COL_LABEL].to_numpy(), labels)
@@ -78,10 +78,10 @@ def test_rows_and_ids_match_the_dataset_split_by_split(registered, exported):
 
 def test_values_equal_the_encoder_outputs(registered, exported):
     from models.saved import load_vae
-    from tasks import datasets
+    from tasks.store import readers
 
     df = _read(exported.path).set_index(C.COL_ID)
-    ids, x, _ = datasets.read_split(registered["root"], "digits", None, C.VALID)
+    ids, x, _ = readers.read_split(registered["root"], "digits", None, C.VALID)
     mean, std = load_vae(registered["saved"]).posterior_params(x)
     for prefix, want in ((C.Z_MEAN_PREFIX, mean), (C.Z_STD_PREFIX, std)):
         cols = [f"{prefix}{i}" for i in range(LATENT_DIM)]
@@ -90,7 +90,7 @@ def test_values_equal_the_encoder_outputs(registered, exported):
 
 
 def test_provenance_in_manifest_and_parquet_metadata(registered, exported):
-    manifest = json.loads((Path(exported.path) / "manifest.json").read_text())
+    manifest = json.loads(Path(f"{exported.path}.manifest.json").read_text())
     meta = json.loads(
         pq.read_schema(Path(exported.path) / "part-train-00000.parquet").metadata[
             b"aevb.provenance"
@@ -137,7 +137,8 @@ def test_same_model_and_dataset_version_is_a_no_op(registered, exported):
 
 
 def test_posterior_samples_are_draws_from_q_and_independent_of_batch_size(registered, tmp_path):
-    from tasks.export import SAMPLES_COLUMN, export_latents
+    from tasks.export import export_latents
+    from tasks.store.tables import SAMPLES_COLUMN
 
     a = export_latents(
         registered["uri"], "digits", registered["root"], splits=("test",), samples=50, seed=3
@@ -174,24 +175,25 @@ def test_fallback_swap_interrupted_between_renames_is_repaired(registered, monke
     """Without renameat2 the swap is two renames; a crash between them strands the previous
     table aside, and the next export puts it back before deciding anything."""
     from tasks import export as E
+    from tasks.store import publish
 
     path = Path(E.export_latents(registered["uri"], "digits", registered["root"]).path)
-    before = (path / "manifest.json").read_text()
+    before = Path(f"{path}.manifest.json").read_text()
 
     class Crash(Exception):
         pass
 
     def crash(point):
-        if point == "export_between_renames":
+        if point == "publish_between_renames":
             raise Crash
 
-    monkeypatch.setattr(E, "_exchange", lambda a, b: False)
-    monkeypatch.setattr(E, "_fault_point", crash)
+    monkeypatch.setattr(publish, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(publish, "fault_point", crash)
     with pytest.raises(Crash):
         E.export_latents(registered["uri"], "digits", registered["root"], splits=("test",))
     assert not path.exists() and any(p.name.startswith(".v1.old-") for p in path.parent.iterdir())
     again = E.export_latents(registered["uri"], "digits", registered["root"])
-    assert not again.created and (path / "manifest.json").read_text() == before
+    assert not again.created and Path(f"{path}.manifest.json").read_text() == before
 
 
 def _export_in_subprocess(registered, kill_at: str, splits: str) -> int:
@@ -209,19 +211,21 @@ def test_sigkill_leaves_nothing_half_written_and_keeps_the_previous_table(regist
     from tasks.export import export_latents
 
     path = Path(export_latents(registered["uri"], "digits", registered["root"]).path)
-    before = (path / "manifest.json").read_text()
+    before = Path(f"{path}.manifest.json").read_text()
     # A replacing export killed after its first batch, then one killed just before the swap.
-    for point in ("export_mid_write", "export_before_swap"):
+    for point in ("export_mid_write", "table_before_publish"):
         assert _export_in_subprocess(registered, point, "train,test") == -9
-        assert (path / "manifest.json").read_text() == before
+        assert Path(f"{path}.manifest.json").read_text() == before
         assert sorted(p.name for p in path.iterdir()) == sorted(
-            ["manifest.json", *(f"part-{s}-00000.parquet" for s in C.SPLITS)]
+            [f"part-{s}-00000.parquet" for s in C.SPLITS]
         )
-    hidden = [p.name for p in path.parent.iterdir() if p.name != "v1"]
-    assert hidden and all(name.startswith(".v1.tmp-") for name in hidden)  # invisible leftovers
+    hidden = [p.name for p in path.parent.iterdir() if p.name not in ("v1", "v1.manifest.json")]
+    assert hidden and all(name.startswith(".v1.staging-") for name in hidden)  # invisible leftovers
     # A first export killed mid-write leaves no table at all under its visible name.
     first = path.parent
     os.rename(path, tmp_path / "v1-saved")
+    os.rename(f"{path}.manifest.json", tmp_path / "v1-saved.manifest.json")
     assert _export_in_subprocess(registered, "export_mid_write", "test") == -9
     assert [p.name for p in first.iterdir() if not p.name.startswith(".")] == []
     os.rename(tmp_path / "v1-saved", path)
+    os.rename(tmp_path / "v1-saved.manifest.json", f"{path}.manifest.json")

@@ -11,8 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from tasks import datasets as ds
 from tasks.ingest import ingest
+from tasks.store import datasets as ds
+from tasks.store import readers
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,11 +34,9 @@ def _assert_only_complete_versions(root: str, expected_current: str) -> None:
     for entry in os.listdir(base):
         full = os.path.join(base, entry)
         if os.path.isdir(full) and not entry.startswith("."):
-            assert os.path.exists(os.path.join(full, "manifest.json")), (
-                f"partial version {entry} visible"
-            )
+            assert os.path.exists(f"{full}.manifest.json"), f"partial version {entry} visible"
     manifest = ds.load_manifest(root, "d")
-    ids, x, _ = ds.read_split(root, "d", None, "train")
+    ids, x, _ = readers.read_split(root, "d", None, "train")
     assert manifest.version == expected_current and len(ids) == manifest.rows["train"]
     assert [m.name for m in ds.list_datasets(root)] == ["d"]
 
@@ -86,13 +85,21 @@ def test_sigkill_at_an_arbitrary_moment(tmp_path) -> None:
     _assert_only_complete_versions(root, first)
 
 
-def test_stale_staging_folders_are_swept(tmp_path) -> None:
+def test_staging_left_by_a_dead_writer_is_swept_and_a_live_one_is_kept(tmp_path) -> None:
+    """Ownership, not age: a stage named for a process that is gone is removed by the next
+    writer of the dataset at once; a stage of a running process (however old) is kept."""
+    from tasks.store import publish
+
     root = str(tmp_path / "root")
     ingest(_npz(tmp_path / "a.npz", 0), "d", root)
     base = os.path.join(root, "datasets", "d")
-    stale, fresh = os.path.join(base, ".staging-old"), os.path.join(base, ".staging-live")
-    os.makedirs(stale)
-    os.makedirs(fresh)
-    os.utime(stale, (time.time() - 7 * 3600,) * 2)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    host = publish.owner_token().split(".")[0]
+    stale = os.path.join(base, f".incoming.staging-{host}.{dead}.0.deadbeef")
+    live = os.path.join(base, f".incoming.staging-{publish.owner_token()}")
+    for folder in (stale, live):
+        os.makedirs(os.path.join(folder, "split=train"))
+    os.utime(live, (time.time() - 7 * 3600,) * 2)  # old, but its writer (this process) lives
     ingest(_npz(tmp_path / "b.npz", 1), "d", root)
-    assert not os.path.exists(stale) and os.path.exists(fresh)
+    assert not os.path.exists(stale) and os.path.exists(live)

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 
-from tasks import datasets as ds
-from tasks.ingest import (
-    add_datasets_arguments,
-    add_ingest_arguments,
-    format_datasets,
-    ingest_from_args,
-)
+from tasks.store import datasets as ds
 
 cli = pytest.importorskip("flows.cli")
 
@@ -48,20 +41,18 @@ def test_ingest_then_list_and_show(tmp_path, capsys) -> None:
     assert cli.main(["datasets", "show", "nope", "--data-root", root]) == 2
 
 
-def test_own_parsers_wire_options_through(tmp_path) -> None:
+def test_reader_options_are_wired_through(tmp_path, capsys) -> None:
     src = tmp_path / "t.csv"
     src.write_text("key,a,b,y\nr1,1,2,0\nr2,3,4,1\nr3,5,6,1\n")
-    parser = argparse.ArgumentParser()
-    add_ingest_arguments(parser)
-    args = parser.parse_args(
-        [str(src), "--data-root", str(tmp_path / "r"), "--id-column", "key", "--label-column", "y",
-         "--scale", "0.1", "--storage-dtype", "float32", "--valid-fraction", "0", "--test-fraction", "0"]
-    )  # fmt: skip
-    result = ingest_from_args(args)
-    m = ds.load_manifest(str(tmp_path / "r"), "t")
-    assert result.name == "t" and m.scale == pytest.approx(0.1) and m.storage_dtype == "float32"
+    root = str(tmp_path / "r")
+    argv = [str(src), "--data-root", root, "--id-column", "key", "--label-column", "y",
+            "--scale", "0.1", "--storage-dtype", "float32", "--valid-fraction", "0",
+            "--test-fraction", "0"]  # fmt: skip
+    assert cli.main(["ingest", *argv]) == 0
+    m = ds.load_manifest(root, "t")
+    assert m.scale == pytest.approx(0.1) and m.storage_dtype == "float32"
     assert m.value_range == pytest.approx((0.1, 0.6)) and m.rows["train"] == 3
-    dparser = argparse.ArgumentParser()
-    add_datasets_arguments(dparser)
-    text = format_datasets(dparser.parse_args(["--data-root", str(tmp_path / "r"), "list"]))
-    assert text.splitlines()[1].split()[:4] == ["t", result.version, "2", "float32"]
+    capsys.readouterr()
+    assert cli.main(["datasets", "list", "--data-root", root]) == 0
+    line = capsys.readouterr().out.splitlines()[1].split()
+    assert line[:4] == ["t", m.version, "2", "float32"]

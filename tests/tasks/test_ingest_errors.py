@@ -16,9 +16,10 @@ import pytest
 from PIL import Image
 
 from models.errors import DatasetError, PipelineError
-from tasks import datasets as ds
 from tasks.ingest import ingest
 from tasks.sources.idx import write_idx
+from tasks.store import datasets as ds
+from tasks.store.writer import DatasetWriter
 
 
 def _write(path, content: bytes | str) -> str:
@@ -236,7 +237,7 @@ def test_values_outside_unit_interval_are_caught_before_training(tmp_path) -> No
 def test_failure_after_staging_started_leaves_nothing(tmp_path, monkeypatch) -> None:
     """A write that fails mid-way (NaN in a later chunk) removes its staging folder."""
     root = str(tmp_path / "root")
-    writer = ds.DatasetWriter(
+    writer = DatasetWriter(
         root, "half", feature_shape=(2,), storage_dtype="float32", scale=1.0, split_seed=0, source={},
         row_group_rows=1,
     )  # fmt: skip

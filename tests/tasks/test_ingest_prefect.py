@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from prefect import flow
 
-from tasks import datasets as ds
-from tasks.ingest import ingest_task, run_ingest_task
+from flows.stages import run_ingest_task
+from tasks.ingest import ingest_task
+from tasks.store import datasets as ds
 
 
 @flow
@@ -26,7 +27,7 @@ def _ingest_twice(source: str, name: str, root: str) -> list:
 
 @flow
 def _ingest_flow(source: str, name: str, root: str):
-    return run_ingest_task(source, name, root, valid_fraction=0, test_fraction=0)
+    return run_ingest_task(ingest_task, source, name, root, valid_fraction=0, test_fraction=0)[0]
 
 
 def _npz(path, seed: int) -> str:

@@ -83,7 +83,7 @@ def test_pipeline_tracks_and_registers_over_http_and_a_consumer_loads_the_champi
     from mlflow.tracking import MlflowClient
 
     from models.saved import load_vae
-    from tasks import datasets
+    from tasks.store import readers
 
     assert pipeline_over_http["rc"] == 0, pipeline_over_http["stdout"]
     assert "aevb-digits version 1 @champion" in pipeline_over_http["stdout"]
@@ -106,7 +106,7 @@ def test_pipeline_tracks_and_registers_over_http_and_a_consumer_loads_the_champi
     mlflow.set_tracking_uri(url)
     mlflow.set_registry_uri(url)
     model = mlflow.pyfunc.load_model("models:/aevb-digits@champion")
-    _, x, _ = datasets.read_split(str(pipeline_over_http["root"]), "digits", None, "test")
+    _, x, _ = readers.read_split(str(pipeline_over_http["root"]), "digits", None, "test")
     got = model.predict(x[:20])
     # ... equals the encoder that training left in the local checkpoint folder.
     (saved,) = Path(pipeline_over_http["root"], "checkpoints").glob("digits-*/saved_model")

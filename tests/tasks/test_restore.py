@@ -41,9 +41,9 @@ def _table(path, split=C.TEST):
 
 
 def _clean(env, name="digits", split=C.TEST):
-    from tasks import datasets
+    from tasks.store import readers
 
-    ids, x, _ = datasets.read_split(env["root"], name, None, split)
+    ids, x, _ = readers.read_split(env["root"], name, None, split)
     return list(ids), x
 
 
@@ -105,7 +105,7 @@ def _fast():
 
 
 def test_denoising_beats_the_noisy_input(env):
-    from tasks import datasets
+    from tasks.store import datasets as ds
 
     out = _restore(env, "digits-denoise", "map")
     _, noisy = _clean(env, "digits-denoise")
@@ -114,7 +114,7 @@ def test_denoising_beats_the_noisy_input(env):
     assert out.metrics["test_baseline_psnr"] == pytest.approx(baseline, abs=1e-3)
     value, _ = _checked_psnr(env, out)
     assert value > baseline + 1.0
-    assert datasets.load_manifest(env["root"], "digits-denoise").source["degradation"][
+    assert ds.load_manifest(env["root"], "digits-denoise").source["degradation"][
         "noise_std"
     ] == pytest.approx(0.2)
 
@@ -177,7 +177,7 @@ def test_from_latents_decodes_z_mean_with_the_model(env):
 
     from models.saved import load_vae
     from tasks.export import export_latents
-    from tasks.restore_latents import decode_latents
+    from tasks.restore import decode_latents
 
     table = export_latents(env["uri"], "digits", env["root"], splits=("valid", "test"))
     out = decode_latents(env["uri"], table.path, env["root"], batch_size=64)
@@ -193,10 +193,10 @@ def test_from_latents_decodes_z_mean_with_the_model(env):
 
 
 def _plain_dataset(root, name, shape):
-    from tasks import datasets
+    from tasks.store.writer import DatasetWriter
 
     rng = np.random.default_rng(0)
-    w = datasets.DatasetWriter(root, name, feature_shape=shape, storage_dtype="float32", scale=1.0,
+    w = DatasetWriter(root, name, feature_shape=shape, storage_dtype="float32", scale=1.0,
                                split_seed=0, source={"kind": "test"})  # fmt: skip
     with w:
         w.write(C.TEST, [f"r{i}" for i in range(5)], rng.uniform(size=(5, *shape)), None)

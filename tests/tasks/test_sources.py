@@ -12,14 +12,15 @@ from PIL import Image
 
 from models.constants import TEST, TRAIN, VALID
 from models.errors import DatasetError
-from tasks import datasets as ds
 from tasks.ingest import ingest
 from tasks.sources import load_source
 from tasks.sources.idx import read_idx, write_idx
+from tasks.store import datasets as ds
+from tasks.store import readers
 
 
 def _all_rows(root: str, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    parts = [ds.read_split(root, name, None, s) for s in (TRAIN, VALID, TEST)]
+    parts = [readers.read_split(root, name, None, s) for s in (TRAIN, VALID, TEST)]
     ids, x, y = (np.concatenate([p[i] for p in parts]) for i in range(3))
     order = np.argsort(ids.astype(str))
     return ids[order], x[order], y[order]
@@ -57,7 +58,7 @@ def test_idx_folder_keeps_train_and_t10k_splits(tmp_path, gz: bool) -> None:
     m = ds.load_manifest(root, "mini")
     assert result.created and m.feature_shape == (4, 5) and m.storage_dtype == "uint8"
     assert m.scale == pytest.approx(1 / 255) and m.rows == {TRAIN: 40, VALID: 10, TEST: 20}
-    ids, x, y = ds.read_split(root, "mini", None, TEST)
+    ids, x, y = readers.read_split(root, "mini", None, TEST)
     assert all(i.startswith("t10k-") for i in ids)
     k = np.asarray([int(i.split("-")[1]) for i in ids])
     x_ref, y_ref = arrays["t10k"]
@@ -65,7 +66,7 @@ def test_idx_folder_keeps_train_and_t10k_splits(tmp_path, gz: bool) -> None:
         x, x_ref[k].reshape(len(k), -1).astype(np.float32) * np.float32(1 / 255)
     )
     np.testing.assert_array_equal(y, y_ref[k])
-    train_ids = ds.read_split(root, "mini", None, TRAIN)[0]
+    train_ids = readers.read_split(root, "mini", None, TRAIN)[0]
     assert all(i.startswith("train-") for i in train_ids)
 
 
@@ -202,8 +203,8 @@ def test_parquet_list_column_and_reingest_of_a_stored_split(tmp_path) -> None:
     m = ds.load_manifest(root, "digits")
     split_dir = os.path.join(root, "datasets", "digits", m.version, "split=test")
     ingest(split_dir, "digits-test", root, scale=1 / 16, valid_fraction=0, test_fraction=0)
-    ids2, x2, y2 = ds.read_split(root, "digits-test", None, TRAIN)
-    ids1, x1, y1 = ds.read_split(root, "digits", None, TEST)
+    ids2, x2, y2 = readers.read_split(root, "digits-test", None, TRAIN)
+    ids1, x1, y1 = readers.read_split(root, "digits", None, TEST)
     o1, o2 = np.argsort(ids1.astype(str)), np.argsort(ids2.astype(str))
     np.testing.assert_array_equal(x1[o1], x2[o2])
     np.testing.assert_array_equal(y1[o1], y2[o2])

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks import datasets as ds
-from tasks import streaming
+from tasks.store import datasets as ds
+from tasks.store import readers, streaming
+from tasks.store.writer import DatasetWriter
 
 N = 1000
 
@@ -23,7 +24,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = str(tmp_path_factory.mktemp("stream"))
     i = np.arange(N)
     x = np.stack([i % 256, i // 256, np.full(N, 7)], axis=1).astype(np.uint8)
-    writer = ds.DatasetWriter(
+    writer = DatasetWriter(
         root, "rows", feature_shape=(3,), storage_dtype="uint8", scale=1 / 255, split_seed=0,
         source={"kind": "test"}, row_group_rows=64, rows_per_file=256,
     )  # fmt: skip
@@ -40,16 +41,17 @@ def _collect(dataset) -> np.ndarray:
 
 
 def test_layout_has_several_files_and_row_groups(root: str) -> None:
-    files = ds.split_files(root, "rows", ds.current_version(root, "rows"), "train")
+    files = readers.split_files(root, "rows", ds.current_version(root, "rows"), "train")
     assert len(files) == 4
     assert len(streaming._row_groups(files)) == 16
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_unshuffled_batches_equal_read_split(root: str, in_memory: bool) -> None:
-    ref = ds.read_split(root, "rows", None, "train")[1]
+    ref = readers.read_split(root, "rows", None, "train")[1]
     batches = [
-        b.numpy() for b in ds.make_tf_dataset(root, "rows", None, "train", 300, in_memory=in_memory)
+        b.numpy()
+        for b in streaming.make_tf_dataset(root, "rows", None, "train", 300, in_memory=in_memory)
     ]
     assert [len(b) for b in batches] == [300, 300, 300, 100]
     got = np.concatenate(batches)
@@ -63,7 +65,7 @@ def test_shuffle_is_a_permutation_deterministic_per_seed_and_epoch(
     root: str, in_memory: bool
 ) -> None:
     def run(seed: int, epoch: int) -> np.ndarray:
-        d = ds.make_tf_dataset(
+        d = streaming.make_tf_dataset(
             root, "rows", None, "train", 128, shuffle=True, seed=seed, epoch=epoch,
             shuffle_buffer=300, in_memory=in_memory,
         )  # fmt: skip
@@ -80,7 +82,7 @@ def test_shuffle_is_a_permutation_deterministic_per_seed_and_epoch(
 
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_drop_remainder(root: str, in_memory: bool) -> None:
-    d = ds.make_tf_dataset(
+    d = streaming.make_tf_dataset(
         root, "rows", None, "train", 300, shuffle=True, drop_remainder=True, in_memory=in_memory
     )
     sizes = [int(b.shape[0]) for b in d]
@@ -107,7 +109,7 @@ def test_streaming_look_ahead_is_bounded_by_the_buffer() -> None:
 
 def test_a_dataset_iterated_twice_repeats_its_order(root: str) -> None:
     for in_memory in (True, False):
-        d = ds.make_tf_dataset(
+        d = streaming.make_tf_dataset(
             root, "rows", None, "train", 100, shuffle=True, seed=3, in_memory=in_memory
         )
         np.testing.assert_array_equal(_collect(d), _collect(d))
@@ -116,14 +118,16 @@ def test_a_dataset_iterated_twice_repeats_its_order(root: str) -> None:
 def test_float32_storage_streams_unchanged(tmp_path) -> None:
     root = str(tmp_path)
     x = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
-    with ds.DatasetWriter(
+    with DatasetWriter(
         root, "f", feature_shape=(4,), storage_dtype="float32", scale=1.0, split_seed=0, source={},
         row_group_rows=8,
     ) as writer:  # fmt: skip
         writer.write("valid", [str(k) for k in range(50)], x, None)
         writer.commit()
-    got = _collect(ds.make_tf_dataset(root, "f", None, "valid", 16, in_memory=False))
+    got = _collect(streaming.make_tf_dataset(root, "f", None, "valid", 16, in_memory=False))
     np.testing.assert_array_equal(got, x)
-    assert ds.read_split(root, "f", None, "valid")[2].tolist() == [-1] * 50  # null labels
+    assert readers.read_split(root, "f", None, "valid")[2].tolist() == [-1] * 50  # null labels
     for in_memory in (True, False):  # an empty split yields no batches
-        assert list(ds.make_tf_dataset(root, "f", None, "train", 16, in_memory=in_memory)) == []
+        assert (
+            list(streaming.make_tf_dataset(root, "f", None, "train", 16, in_memory=in_memory)) == []
+        )

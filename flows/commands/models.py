@@ -1,4 +1,4 @@
-"""CLI verb `models`: list registered models, show a model's versions, promote a version by hand."""
+"""`aevb models`: list registered models, show a model's versions, promote a version by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "models",
         help="list registered models, show versions, promote a version",
@@ -18,10 +18,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("version", nargs="?", type=int, help="model version number")
     p.add_argument("--alias", default="champion", help="alias to move (promote; default champion)")
     p.add_argument("--json", action="store_true", help="show: one JSON object per version")
-    p.set_defaults(func=run_models)
+    p.set_defaults(func=run)
 
 
-def run_models(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from models.errors import ModelError
     from tasks import register, tracking
 

@@ -1,4 +1,4 @@
-"""CLI verb `evaluate`: log p(x) of a registered or logged model on a dataset split.
+"""`aevb evaluate`: log p(x) of a registered or logged model on a dataset split.
 
     aevb evaluate --model models:/NAME@ALIAS|runs:/ID/model --dataset NAME [--split test]
                   [-k 5000] [--method is|ais|hmc] [--max-points N] [--num-chains C] [--num-steps T]
@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from prefect import flow
-
-from flows.commands import data_root_arg
+from flows.commands.common import data_root_arg
 from models import constants as C
 from models.errors import ConfigError
 
@@ -27,7 +25,7 @@ METHOD_HELP = (
 )
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="estimate log p(x) of a model on a dataset split")
     p.add_argument(
         "--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/model"
@@ -36,9 +34,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version", default=None)
     p.add_argument("--split", default=C.TEST, choices=C.SPLITS)
     p.add_argument(
-        "-k", "--num-samples", type=int, default=5000,
+        "-k",
+        "--num-samples",
+        type=int,
+        default=5000,
         help="importance samples per point (for ais/hmc: of the IS estimate on the same rows)",
-    )  # fmt: skip
+    )
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     # Not argparse `choices`: a bad value must be a one-line error (exit 2), not a usage dump.
@@ -46,13 +47,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-points", type=int, default=None, help="evaluate only the first N rows")
     p.add_argument("--num-chains", type=int, default=None, help="ais/hmc: chains per point")
     p.add_argument(
-        "--num-steps", type=int, default=None,
+        "--num-steps",
+        type=int,
+        default=None,
         help="ais: annealing temperatures T (default 1000); hmc: kept HMC draws (default 1000)",
-    )  # fmt: skip
+    )
     p.add_argument("--leapfrog-steps", type=int, default=None, help="ais/hmc: leapfrog steps")
     p.add_argument("--burnin", type=int, default=None, help="hmc: adapted burn-in steps")
     data_root_arg(p)
-    p.set_defaults(func=run_evaluate)
+    p.set_defaults(func=run)
 
 
 def estimator_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -79,48 +82,37 @@ def check_args(args: argparse.Namespace) -> dict[str, Any]:
     """Validate before anything expensive (model download, Prefect start); returns AIS/HMC options."""
     if args.method not in METHODS:
         raise ConfigError(f"--method {args.method!r} is not allowed; choose one of is, ais, hmc")
-    for flag, value in (("-k/--num-samples", args.num_samples), ("--batch-size", args.batch_size),
-                        ("--max-points", args.max_points)):  # fmt: skip
+    for flag, value in (
+        ("-k/--num-samples", args.num_samples),
+        ("--batch-size", args.batch_size),
+        ("--max-points", args.max_points),
+    ):
         if value is not None and value < 1:
             raise ConfigError(f"{flag}={value} must be an integer >= 1")
     return estimator_options(args)
 
 
-@flow(name="aevb-evaluate")
-def evaluate_method_flow(
-    saved_model_dir: str,
-    dataset: str,
-    version: str | None = None,
-    data_root: str | None = None,
-    split: str = C.TEST,
-    num_samples: int = 5000,
-    batch_size: int = 500,
-    seed: int = 0,
-    run_id: str | None = None,
-    method: str = "is",
-    max_points: int | None = None,
-    options: dict[str, Any] | None = None,
-    model_label: str | None = None,
-):
-    from tasks.evaluate import evaluate_task
-
-    return evaluate_task(
-        saved_model_dir, dataset, version, data_root, split, num_samples, batch_size, seed,
-        run_id=run_id, method=method, max_points=max_points, options=options,
-        model_label=model_label, publish=True,
-    )  # fmt: skip
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    from flows.stages import evaluate_flow
     from tasks.tracking import resolve_model
 
     options = check_args(args)
     resolved = resolve_model(args.model)
-    s = evaluate_method_flow(
-        resolved.saved_model_dir, args.dataset, args.version, args.data_root, args.split,
-        args.num_samples, args.batch_size, args.seed, run_id=resolved.run_id, method=args.method,
-        max_points=args.max_points, options=options or None, model_label=args.model,
-    )  # fmt: skip
+    s = evaluate_flow(
+        resolved.saved_model_dir,
+        args.dataset,
+        args.version,
+        args.data_root,
+        args.split,
+        args.num_samples,
+        args.batch_size,
+        args.seed,
+        run_id=resolved.run_id,
+        method=args.method,
+        max_points=args.max_points,
+        options=options or None,
+        model_label=args.model,
+    )
     print(format_summary(args.model, args.dataset, s))
     return 0
 

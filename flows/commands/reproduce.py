@@ -1,4 +1,4 @@
-"""CLI verb `reproduce`: rerun the paper's experiments and write the Markdown report.
+"""`aevb reproduce`: rerun the paper's experiments and write the Markdown report.
 
     aevb reproduce [--quick|--full] [--out DIR] [--dataset mnist-5k|digits|fashion-mnist]
                    [--experiments fig2,fig3,...] [--seed N] [--no-mlflow] [KEY=VALUE ...]
@@ -10,19 +10,18 @@ e.g. ``fig2_latents=3,20 fig2_budgets=10000,30000``. Everything is validated bef
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
-import typing
 from typing import Any
 
+from flows.config import parse_reproduce_overrides
 from models.config import EVAL_SEED_ROOM
 from models.errors import ConfigError
 
 DATASETS = ("mnist-5k", "digits", "fashion-mnist")
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "reproduce",
         help="rerun the paper's experiments (Figs. 2-5, estimator variance, full VB) as a report",
@@ -54,60 +53,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="settings overrides, e.g. fig2_latents=3,20 fig3_budgets=10000,50000",
     )
-    p.set_defaults(func=run_reproduce, mode=None)
-
-
-def _field_types() -> dict[str, Any]:
-    from tasks.reproduce_settings import ReproduceSettings
-
-    hints = typing.get_type_hints(ReproduceSettings)
-    return {f.name: hints[f.name] for f in dataclasses.fields(ReproduceSettings)}
-
-
-def _convert(key: str, text: str, kind: Any) -> Any:
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    try:
-        if origin is tuple:
-            item = args[0]
-            parts = [t.strip() for t in text.strip("()[] ").split(",") if t.strip()]
-            values = tuple(_convert(key, t, item) for t in parts)
-            if args[-1] is not Ellipsis and len(values) != len(args):
-                raise ValueError(f"expected {len(args)} values")
-            if not values:
-                raise ValueError("empty list")
-            return values
-        if kind is bool:
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError("expected true or false")
-            return text.lower() in ("true", "1")
-        if kind is int:
-            return int(text.replace("_", ""))
-        if kind is float:
-            return float(text)
-        return text
-    except ValueError as exc:
-        raise ConfigError(f"reproduce override {key}={text!r}: {exc}") from exc
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["fig2_latents=3,20", ...]`` -> typed `ReproduceSettings` fields (ConfigError if unknown)."""
-    types, out = _field_types(), {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or key not in types or key in ("mode", "seed", "dataset"):
-            settable = sorted(set(types) - {"mode", "seed", "dataset"})
-            raise ConfigError(
-                f"reproduce: unknown setting {item!r}; use --quick/--full, --seed, --dataset, or "
-                f"one of {', '.join(settable)}"
-            )
-        out[key] = _convert(key, value.strip(), types[key])
-    for key, value in out.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
-            raise ConfigError(f"reproduce override {key}={value!r} must be > 0")
-        if isinstance(value, tuple) and any(v <= 0 for v in value):
-            raise ConfigError(f"reproduce override {key}={list(value)!r}: values must be > 0")
-    return out
+    p.set_defaults(func=run, mode=None)
 
 
 def validate(args: argparse.Namespace) -> dict[str, Any]:
@@ -136,7 +82,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
                 f"reproduce --experiments: unknown {unknown or 'empty list'}; "
                 f"choose from {', '.join(EXPERIMENTS)}"
             )
-    overrides = parse_overrides(list(getattr(args, "overrides", None) or []))
+    overrides = parse_reproduce_overrides(list(getattr(args, "overrides", None) or []))
     make = quick_settings if mode == "quick" else full_settings
     try:
         make(seed=seed, dataset=args.dataset, **overrides)  # the settings' own checks
@@ -157,7 +103,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def run_reproduce(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     kwargs = validate(args)
     from flows.reproduce import reproduce_flow
 

@@ -26,14 +26,10 @@ import tensorflow as tf
 
 from models.constants import COL_X
 from models.errors import DatasetError
-from tasks.datasets import (
-    DatasetManifest,
-    _open_parquet,
-    load_manifest,
-    read_split_storage,
-    resolve_data_root,
-    split_files,
-)
+from tasks.store import fs, tables
+from tasks.store.datasets import DatasetManifest, load_manifest
+from tasks.store.readers import read_split_storage, split_files
+from tasks.store.roots import resolve_data_root
 
 IN_MEMORY_MAX_BYTES = 256 << 20  # storage bytes of a split below which the fast path is used
 STREAM_BLOCK_ROWS = 4096  # rows per block handed to TensorFlow when not shuffling
@@ -65,18 +61,14 @@ def _rng(seed: int, epoch: int) -> np.random.Generator:
 def _row_groups(files: list[str]) -> list[tuple[str, int]]:
     units = []
     for path in files:
-        with _open_parquet(path) as pf:
+        with fs.open_parquet(path) as pf:
             units.extend((path, g) for g in range(pf.num_row_groups))
     return units
 
 
 def x_storage(table: pa.Table | pa.RecordBatch, manifest: DatasetManifest) -> np.ndarray:
     """The x column as a [rows, D] array of the storage dtype (no ids/labels decoded)."""
-    col = table.column(COL_X)
-    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
-    flat = [c.flatten().to_numpy(zero_copy_only=False) for c in chunks]
-    values = flat[0] if len(flat) == 1 else np.concatenate(flat)
-    return values.astype(manifest.storage_dtype, copy=False).reshape(-1, manifest.input_dim)
+    return tables.decode_x(table.column(COL_X), manifest.storage_dtype, manifest.input_dim)
 
 
 def stream_storage_rows(
@@ -94,7 +86,7 @@ def stream_storage_rows(
             for ctx, _ in handles.values():
                 ctx.__exit__(None, None, None)
             handles.clear()
-            ctx = _open_parquet(path)
+            ctx = fs.open_parquet(path)
             handles[path] = (ctx, ctx.__enter__())
         return x_storage(
             handles[path][1].read_row_group(group, columns=[COL_X], use_threads=False), manifest

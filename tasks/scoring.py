@@ -1,4 +1,5 @@
-"""Evaluation I/O: stream a split through the log p(x) estimators, per-point Parquet, Prefect artifacts.
+"""Scoring a saved model on a dataset split: the log p(x) estimators fed from the store, per-point
+Parquet, Prefect artifacts. Shared by the evaluate stage and the register gate (champion re-score).
 
 The math lives in models/ (`marginal.evaluate_dataset` for importance sampling, `ais.ais_evaluate`,
 `hmc_estimator.hmc_evaluate`). This module feeds them a dataset split in stored order while keeping
@@ -21,19 +22,19 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from models import constants as C
 from models.errors import ConfigError
-from tasks import datasets, tracking
+from tasks import tracking
 from tasks.logs import logger
+from tasks.store import fs, readers
+from tasks.store.datasets import DatasetManifest
 
 Method = Literal["is", "ais", "hmc"]
 METHODS: tuple[str, ...] = ("is", "ais", "hmc")
@@ -112,7 +113,7 @@ def _prefect_progress_artifact(label: str) -> Any:
 
 def stream_split(
     data_root: str,
-    manifest: datasets.DatasetManifest,
+    manifest: DatasetManifest,
     split: str,
     batch_size: int,
     max_points: int | None,
@@ -121,7 +122,7 @@ def stream_split(
 ) -> Iterator[np.ndarray]:
     """Yield x [B, D] float32 in stored order, appending each batch's ids and labels to the lists."""
     remaining = max_points
-    for batch_ids, x, batch_labels in datasets.iter_batches(
+    for batch_ids, x, batch_labels in readers.iter_batches(
         data_root, manifest.name, manifest.version, split, batch_size
     ):
         if remaining is not None:
@@ -138,7 +139,7 @@ def stream_split(
         yield x
 
 
-def quantization_step(manifest: datasets.DatasetManifest) -> float | None:
+def quantization_step(manifest: DatasetManifest) -> float | None:
     """Spacing of model inputs for integer-stored data (uint8 / 255 -> 1/255), else None (no bits/dim)."""
     return (
         float(manifest.scale)
@@ -150,7 +151,7 @@ def quantization_step(manifest: datasets.DatasetManifest) -> float | None:
 def evaluate_split(
     model,
     data_root: str,
-    manifest: datasets.DatasetManifest,
+    manifest: DatasetManifest,
     split: str,
     *,
     method: Method = "is",
@@ -273,26 +274,14 @@ def per_point_table(
     return pa.table(columns).replace_schema_metadata({f"aevb.{k}": str(v) for k, v in meta.items()})
 
 
-def write_parquet_atomic(table: pa.Table, path: str) -> str:
-    """Write to a temporary sibling and rename: a killed write never leaves a partial file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 def artifact_name(evaluation: SplitEvaluation) -> str:
     return f"{evaluation.split}-{evaluation.method}-per-point.parquet"
 
 
 def log_per_point(run_id: str, table: pa.Table, evaluation: SplitEvaluation, workdir: str) -> str:
     """Write the per-point Parquet under ``workdir`` and log it to the run as `evaluation/<name>`."""
-    path = write_parquet_atomic(table, os.path.join(workdir, artifact_name(evaluation)))
+    path = os.path.join(workdir, artifact_name(evaluation))
+    fs.write_parquet(table, path)
     tracking.log_artifact(run_id, path, ARTIFACT_DIR)
     return f"{ARTIFACT_DIR}/{artifact_name(evaluation)}"
 
@@ -333,5 +322,4 @@ __all__ = [
     "publish_table_artifact",
     "quantization_step",
     "summary_rows",
-    "write_parquet_atomic",
 ]

@@ -1,0 +1,51 @@
+"""Argument helpers shared by several verbs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+
+def data_root_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="data root folder or URI such as s3://bucket/prefix "
+        "(default: $AEVB_DATA_ROOT, else ./data in the repo)",
+    )
+
+
+def config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="pipeline config file (TOML)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. train.epochs=5 model.latent_dim=2 preset=paper",
+    )
+
+
+def pipeline_config(args: argparse.Namespace, extra: list[str] | None = None):
+    from flows.config import load_config
+
+    overrides = list(extra or []) + list(getattr(args, "overrides", []) or [])
+    return load_config(args.config, overrides)
+
+
+def take_misread_override(args: argparse.Namespace) -> None:
+    """`aevb pipeline train.epochs=3`: argparse hands the first KEY=VALUE to the SOURCE slot."""
+    src = args.source or ""
+    if re.match(r"^[A-Za-z_]+(\.[A-Za-z_]+)?\s*=", src):
+        args.overrides = [src, *(getattr(args, "overrides", None) or [])]
+        args.source = None
+
+
+def data_overrides(source: str | None, name: str | None, data_root: str | None) -> list[str]:
+    """The `data.*` overrides given by SOURCE, --name and --data-root (the verbs' positional forms)."""
+    pairs = (("source", source), ("name", name), ("data_root", data_root))
+    return [f"data.{key}={json.dumps(value)}" for key, value in pairs if value]
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())

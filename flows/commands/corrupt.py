@@ -1,0 +1,74 @@
+"""`aevb corrupt DATASET --kind denoise|salt-pepper|inpaint|superres`: a degraded copy of a dataset
+with its clean reference kept (flow `aevb-corrupt`).
+
+    aevb corrupt DATASET --kind KIND [--name NAME] [--noise-std S] [--amount P] [--factor F]
+                 [--block B] [--seed N]
+
+Inputs are validated before the flow starts, so a user error costs no Prefect or TF start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from flows.commands.common import data_root_arg
+
+# Spelled here so that building the parser imports no task module; a test asserts they equal
+# tasks.store.degradations.KINDS.
+KINDS = ("denoise", "salt-pepper", "inpaint", "superres")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    kinds = "|".join(KINDS)
+    p = sub.add_parser("corrupt", help="make a degraded copy of a dataset (clean reference kept)")
+    p.add_argument("dataset", help="the clean dataset")
+    # Not argparse `choices`: a bad value must be a one-line error (exit 2), not a usage dump.
+    p.add_argument("--kind", required=True, metavar=kinds)
+    p.add_argument("--name", default=None, help="degraded dataset name (default DATASET-KIND)")
+    p.add_argument("--version", default=None, help="clean dataset version (default: CURRENT)")
+    p.add_argument("--noise-std", type=float, default=0.2, help="denoise: Gaussian noise sigma")
+    p.add_argument(
+        "--amount",
+        type=float,
+        default=None,
+        help="salt-pepper: fraction of entries hit (default 0.1); inpaint: missing fraction (0.5)",
+    )
+    p.add_argument("--factor", type=int, default=2, help="superres: downsampling factor")
+    p.add_argument("--block", type=int, default=0, help="inpaint: one BxB hole per image")
+    p.add_argument("--seed", type=int, default=0)
+    data_root_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from flows.stages import corrupt_flow
+    from tasks.store import datasets
+    from tasks.store.degradations import degradation_kind, make_spec
+
+    kind = degradation_kind(args.kind)
+    clean = datasets.load_manifest(args.data_root, args.dataset, args.version)
+    if args.name is not None:
+        datasets.validate_name(args.name)
+    make_spec(
+        kind,
+        clean.feature_shape,
+        clean.value_range,
+        noise_std=args.noise_std if kind == "gaussian" else None,
+        amount=args.amount,
+        factor=args.factor,
+        block=args.block,
+    )
+    options = {
+        "noise_std": args.noise_std,
+        "amount": args.amount,
+        "factor": args.factor,
+        "block": args.block,
+        "seed": args.seed,
+    }
+    out = corrupt_flow(args.dataset, kind, args.name, args.data_root, clean.version, options)
+    state = "new version" if out.created else "unchanged (already made; nothing written)"
+    print(f"degraded dataset {out.name} version {out.version}: {state}\n  {out.path}")
+    print(f"  clean reference {out.clean['name']}@{out.clean['version']}")
+    if out.mask:
+        print(f"  mask dataset {out.mask['name']}@{out.mask['version']}")
+    return 0

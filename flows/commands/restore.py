@@ -1,0 +1,161 @@
+"""`aevb restore`: restored inputs with a registry model as the prior over x (flows
+`aevb-restore`, `aevb-restore-from-latents`).
+
+    aevb restore --model models:/NAME@ALIAS --dataset DEGRADED [--method amortized|map|
+                 pseudo-gibbs|mwg] [--splits test] [--kind K --mask MASK_DATASET]
+    aevb restore --model models:/NAME@ALIAS --from-latents LATENT_TABLE
+
+Inputs are validated before a flow starts (unknown kind or method, missing dataset, bad numbers,
+a registry name/alias that does not exist), so a user error costs no Prefect or TF start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from flows.commands.common import data_root_arg
+from flows.commands.corrupt import KINDS
+from models import constants as C
+from models.errors import ConfigError, ModelError
+
+# Spelled here so that building the parser imports no task module; a test asserts it equals
+# tasks.restore.METHODS.
+METHODS = ("amortized", "map", "pseudo-gibbs", "mwg")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    kinds = "|".join(KINDS)
+    p = sub.add_parser("restore", help="restore degraded inputs with a registry model as prior")
+    p.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    p.add_argument("--dataset", default=None, help="degraded dataset (e.g. from `aevb corrupt`)")
+    p.add_argument(
+        "--from-latents",
+        default=None,
+        metavar="TABLE",
+        help="decode a latent table's z_mean rows instead (folder or Parquet file)",
+    )
+    p.add_argument("--method", default="map", metavar="|".join(METHODS))
+    p.add_argument("--version", default=None, help="degraded dataset version")
+    p.add_argument("--splits", default=C.TEST, help="comma-separated splits (default: test)")
+    p.add_argument(
+        "--kind",
+        default=None,
+        metavar=kinds,
+        help="degradation of a dataset not made by `aevb corrupt`",
+    )
+    p.add_argument("--mask", default=None, help="inpaint: mask dataset (1 = observed)")
+    p.add_argument(
+        "--noise-std",
+        type=float,
+        default=None,
+        help="denoise: noise sigma (default: recorded, else estimated); "
+        "superres: observation sigma_y (default 0.05)",
+    )
+    p.add_argument(
+        "--estimate-noise",
+        action="store_true",
+        help="denoise: estimate the noise level jointly with the latent MAP",
+    )
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--map-steps", type=int, default=200)
+    p.add_argument("--learning-rate", type=float, default=0.05)
+    p.add_argument("--iterations", type=int, default=200, help="pseudo-gibbs/mwg chain length")
+    p.add_argument("--burn-in", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-mlflow", action="store_true", help="do not log PSNR/MSE to the model run")
+    data_root_arg(p)
+    p.set_defaults(func=run)
+
+
+def check_model(uri: str) -> None:
+    """A registry name/alias or name/version that does not exist fails here, before any flow."""
+    from tasks import tracking
+
+    if not uri.startswith("models:/"):
+        raise ModelError(f"--model {uri}: use models:/NAME@ALIAS or models:/NAME/VERSION")
+    ref = uri[len("models:/") :]
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        found = tracking.get_alias(name, alias)
+    elif "/" in ref and ref.split("/", 1)[1].isdigit():
+        name, number = ref.split("/", 1)
+        found = tracking.get_version(name, int(number))
+    else:
+        raise ModelError(f"--model {uri}: use models:/NAME@ALIAS or models:/NAME/VERSION")
+    if found is None:
+        raise ModelError(
+            f"--model {uri}: no such registered model version in the MLflow store at "
+            f"{tracking.tracking_uri()}; list models with `aevb models list`"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    from flows.stages import decode_latents_flow, restore_flow
+    from tasks.restore import RestoreSettings, plan
+
+    if (args.dataset is None) == (args.from_latents is None):
+        raise ConfigError("give exactly one of --dataset DEGRADED or --from-latents TABLE")
+    if args.from_latents is not None:
+        from tasks.store.tables import latent_parts
+
+        if args.batch_size < 1:
+            raise ConfigError(f"--batch-size={args.batch_size} must be >= 1")
+        latent_parts(args.from_latents)
+        check_model(args.model)
+        out = decode_latents_flow(args.model, args.from_latents, args.data_root, args.batch_size)
+        print(
+            f"decoded {out.rows} latent rows with {args.model}\n  {out.path}"
+            + ("" if out.created else " [already up to date]")
+        )
+        return 0
+    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
+    bad = [s for s in splits if s not in C.SPLITS]
+    if not splits or bad:
+        raise ConfigError(f"--splits {args.splits!r}: choose from {', '.join(C.SPLITS)}")
+    settings = RestoreSettings(
+        batch_size=args.batch_size,
+        map_steps=args.map_steps,
+        learning_rate=args.learning_rate,
+        iterations=args.iterations,
+        burn_in=args.burn_in,
+        noise_std=args.noise_std,
+        estimate_noise=args.estimate_noise,
+        seed=args.seed,
+    )
+    plan(args.dataset, args.method, args.data_root, args.version, args.kind, args.mask)
+    check_model(args.model)
+    out = restore_flow(
+        args.model,
+        args.dataset,
+        args.method,
+        args.data_root,
+        args.version,
+        splits,
+        settings,
+        args.kind,
+        args.mask,
+        not args.no_mlflow,
+    )
+    print(format_restore(out))
+    return 0
+
+
+def format_restore(out: Any) -> str:
+    head = (
+        f"restored {out.rows} rows of {out.dataset} ({out.kind}) with {out.model_uri}, "
+        f"method {out.method}{'' if out.created else ' [already up to date]'}\n  {out.path}"
+    )
+    lines = [head]
+    splits = sorted({k.split("_", 1)[0] for k in out.metrics})
+    if splits:
+        lines.append(f"  {'split':<6} {'PSNR dB':>8} {'MSE':>9}   baseline ({out.baseline})")
+        for s in splits:
+            m = {k.split("_", 1)[1]: v for k, v in out.metrics.items() if k.startswith(s + "_")}
+            lines.append(
+                f"  {s:<6} {m['psnr']:8.2f} {m['mse']:9.5f}   {m['baseline_psnr']:.2f} dB, "
+                f"MSE {m['baseline_mse']:.5f}"
+            )
+    for k, v in out.diagnostics.items():
+        lines.append(f"  {k}: {v:.4g}")
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""`aevb serve --cron "0 3 * * *" | --interval S`: register and serve the scheduled retraining
+deployment on a Prefect server (see flows/serve.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from flows.commands.common import (
+    config_args,
+    data_overrides,
+    data_root_arg,
+    take_misread_override,
+)
+
+DEFAULT_DEPLOYMENT = "scheduled-retraining"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="register and serve a scheduled retraining deployment on a Prefect server",
+        description="Run the pipeline on a schedule: new data -> retrain -> gate -> champion; "
+        "unchanged data and config -> skipped. Needs `prefect server start` and PREFECT_API_URL.",
+    )
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", help='cron expression, e.g. "0 3 * * *" (03:00 every day)')
+    when.add_argument("--interval", type=float, help="run every SECONDS seconds")
+    p.add_argument("--timezone", default="UTC", help="IANA time zone of the cron (default UTC)")
+    p.add_argument("--name", default=DEFAULT_DEPLOYMENT, help="deployment name")
+    p.add_argument(
+        "--register-only",
+        action="store_true",
+        help="create/update the deployment and exit (runs execute while an `aevb serve` runs)",
+    )
+    p.add_argument(
+        "source", nargs="?", default=None, help="dataset source (default: data.source, 'digits')"
+    )
+    p.add_argument("--dataset-name", default=None, help="dataset name (default: from the source)")
+    data_root_arg(p)
+    config_args(p)
+    p.set_defaults(func=run)
+
+
+def parameters(args: argparse.Namespace) -> dict:
+    """The deployment's parameters from SOURCE, --dataset-name, --data-root, --config, overrides."""
+    from flows.serve import deployment_parameters
+
+    take_misread_override(args)
+    root = args.data_root
+    if root and "://" not in root:
+        root = os.path.abspath(root)  # scheduled runs may start in another folder
+    overrides = data_overrides(args.source, args.dataset_name, root)
+    overrides += list(getattr(args, "overrides", None) or [])
+    return deployment_parameters(args.config, overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from flows.serve import build_deployment, check_server, make_schedule
+
+    params = parameters(args)
+    schedule = make_schedule(args.cron, args.interval, args.timezone)
+    url = check_server()
+    deployment = build_deployment(args.name, schedule, params)
+    deployment_id = deployment.apply()
+    full_name = f"{deployment.flow_name}/{args.name}"
+    when = f"cron {args.cron!r} ({args.timezone})" if args.cron else f"every {args.interval:g} s"
+    print(
+        f"deployment {full_name} ({deployment_id}) registered on {url}: {when}\n"
+        f"  parameters: {json.dumps(params)}\n"
+        f"  run now:    prefect deployment run '{full_name}'\n"
+        f"  UI:         {url.removesuffix('/api')}/deployments"
+    )
+    if args.register_only:
+        print("  --register-only: runs execute while `aevb serve` (without it) is running")
+        return 0
+    from prefect import serve
+
+    print("serving; Ctrl-C stops (the schedule is paused on shutdown)")
+    serve(deployment, print_starting_message=False)
+    return 0

@@ -1,0 +1,242 @@
+"""Arrow codecs and folder layout of what the stages publish besides datasets.
+
+- the `x` column of datasets and restored tables: a fixed-size list of D values (uint8 or
+  float32), decoded to a [rows, D] numpy array without copying where Arrow allows it;
+- latent tables (export): `id`, `split`, `label`, `z_mean_0..k-1`, `z_std_0..k-1` (float32, wide)
+  and optionally `z_samples` (K draws per row, a fixed-size list of K fixed-size lists of k);
+- restored tables (restore): `id`, `split`, `label`, `x` (D float32, model space).
+
+Every table is a folder of Parquet files only, with its manifest beside it
+(`<folder>.manifest.json`), so `pd.read_parquet(folder)` and `**` globs read it as is. Provenance
+is in the manifest and in each file's Parquet key-value metadata. Tables written by earlier
+releases kept `manifest.json` inside the folder; they stay readable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from models import constants as C
+from models.errors import DatasetError
+from tasks.store import fs, publish
+
+MANIFEST_SUFFIX = ".manifest.json"
+LEGACY_MANIFEST = "manifest.json"
+LATENT_METADATA_KEY = b"aevb.provenance"
+RESTORED_METADATA_KEY = b"aevb.restore"
+SAMPLES_COLUMN = "z_samples"
+NULL_LABEL = -1
+SCHEMA_VERSION = 1
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ----------------------------------------------------------------------------- x column
+
+
+def x_type(storage_dtype: str, dim: int) -> pa.DataType:
+    value = pa.uint8() if storage_dtype == "uint8" else pa.float32()
+    return pa.list_(value, dim)
+
+
+def encode_x(x: np.ndarray, kind: pa.DataType) -> pa.Array:
+    """[rows, D] array -> the x column of type ``kind`` (a fixed-size list)."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat, kind.value_type), type=kind)
+
+
+def decode_x(column: pa.Array | pa.ChunkedArray, dtype: str, dim: int) -> np.ndarray:
+    """The x column as a [rows, D] array of ``dtype`` (the storage dtype)."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    parts = [c.flatten().to_numpy(zero_copy_only=False) for c in chunks]
+    if not parts:
+        return np.empty((0, dim), dtype)
+    flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return flat.astype(dtype, copy=False).reshape(-1, dim)
+
+
+def labels_array(labels: np.ndarray | pa.Array | pa.ChunkedArray) -> pa.Array:
+    """int64 labels with ``NULL_LABEL`` (-1) for null, or an Arrow array, as an Arrow int64 array."""
+    if isinstance(labels, np.ndarray):
+        return pa.array(labels, pa.int64(), mask=labels == NULL_LABEL)
+    return labels.cast(pa.int64())
+
+
+def ids_array(ids: Sequence[Any] | pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(ids, (pa.Array, pa.ChunkedArray)):
+        return ids.cast(pa.string())
+    return pa.array([str(i) for i in ids], pa.string())
+
+
+# ----------------------------------------------------------------------------- latent tables
+
+
+def latent_table_path(root: str, dataset: str, model_name: str, model_version: int | str) -> str:
+    return fs.join(root, "latents", dataset, model_name, f"v{model_version}")
+
+
+def latent_schema(latent_dim: int, samples: int = 0, provenance: dict | None = None) -> pa.Schema:
+    fields = [
+        pa.field(C.COL_ID, pa.string(), nullable=False),
+        pa.field(C.COL_SPLIT, pa.string(), nullable=False),
+        pa.field(C.COL_LABEL, pa.int64()),
+    ]
+    for prefix in (C.Z_MEAN_PREFIX, C.Z_STD_PREFIX):
+        fields += [
+            pa.field(f"{prefix}{i}", pa.float32(), nullable=False) for i in range(latent_dim)
+        ]
+    if samples:
+        inner = pa.list_(pa.field("item", pa.float32(), nullable=False), latent_dim)
+        fields.append(pa.field(SAMPLES_COLUMN, pa.list_(inner, samples), nullable=False))
+    metadata = {LATENT_METADATA_KEY: json.dumps(provenance).encode()} if provenance else None
+    return pa.schema(fields, metadata=metadata)
+
+
+def latent_batch(
+    schema: pa.Schema,
+    ids: Any,
+    split: str,
+    labels: Any,
+    z_mean: np.ndarray,
+    z_std: np.ndarray,
+    z_samples: np.ndarray | None = None,
+) -> pa.Table:
+    """One written batch of a latent table; ``z_samples`` [B, K, k] when the schema has them."""
+    n, k = z_mean.shape
+    cols = [ids_array(ids), pa.array([split] * n, pa.string()), labels_array(labels)]
+    cols += [pa.array(np.ascontiguousarray(z_mean[:, i], np.float32)) for i in range(k)]
+    cols += [pa.array(np.ascontiguousarray(z_std[:, i], np.float32)) for i in range(k)]
+    if z_samples is not None:
+        kind = schema.field(SAMPLES_COLUMN).type
+        flat = pa.array(np.ascontiguousarray(z_samples, np.float32).reshape(-1))
+        inner = pa.FixedSizeListArray.from_arrays(flat, type=kind.value_type)
+        cols.append(pa.FixedSizeListArray.from_arrays(inner, type=kind))
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+# ----------------------------------------------------------------------------- restored tables
+
+
+def restored_table_path(
+    root: str, dataset: str, model_name: str, model_version: int | str, method: str
+) -> str:
+    return fs.join(root, "restored", dataset, model_name, f"v{model_version}", method)
+
+
+def restored_schema(input_dim: int, provenance: dict[str, Any]) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field(C.COL_ID, pa.string(), nullable=False),
+            pa.field(C.COL_SPLIT, pa.string(), nullable=False),
+            pa.field(C.COL_LABEL, pa.int64()),
+            pa.field(C.COL_X, pa.list_(pa.float32(), input_dim), nullable=False),
+        ],
+        metadata={RESTORED_METADATA_KEY: json.dumps(provenance).encode()},
+    )
+
+
+def restored_batch(schema: pa.Schema, ids: Any, split: str, labels: Any, x: np.ndarray) -> pa.Table:
+    """One written batch of a restored table (x float32 [B, D], model space)."""
+    cols = [
+        ids_array(ids),
+        pa.array([split] * len(x), pa.string()),
+        labels_array(labels),
+        encode_x(np.asarray(x, np.float32), schema.field(C.COL_X).type),
+    ]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+# ----------------------------------------------------------------------------- table folders
+
+
+def manifest_path(folder: str) -> str:
+    return folder.rstrip("/") + MANIFEST_SUFFIX
+
+
+def read_manifest(folder: str) -> dict[str, Any] | None:
+    """A published table's manifest (beside the folder; inside it for older releases) or None."""
+    doc = fs.read_json(manifest_path(folder))
+    if doc is None and fs.is_dir(folder):
+        doc = fs.read_json(fs.join(folder, LEGACY_MANIFEST))
+    return doc
+
+
+def part_files(folder: str) -> list[str]:
+    """The folder's Parquet part files in name order (hidden and underscore files skipped)."""
+    names = [n for n in fs.list_files(folder) if n.endswith(".parquet")]
+    return [fs.join(folder, n) for n in names if not n.startswith((".", "_"))]
+
+
+def publish_table(final: str, fill: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    """Fill a staged folder and publish it at ``final`` with its manifest beside it.
+
+    ``fill(stage_folder)`` writes the part files and returns the manifest document; a kill at any
+    moment leaves the previous table (or none) at ``final``, never a partial one.
+    """
+    publish.recover(final)
+    with publish.Stage(final) as stage:
+        doc = fill(stage.uri)
+        doc.setdefault("created_at", now_iso())
+        publish.fault_point("table_before_publish")
+        text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+        publish.publish(stage, manifest_path(final), text)
+    return doc
+
+
+def latent_parts(table: str) -> tuple[list[str], dict[str, Any]]:
+    """(sorted part files, manifest or {}) of a latent table folder or of one Parquet file."""
+    if fs.is_file(table):
+        return [table], {}
+    if not fs.is_dir(table):
+        raise DatasetError(
+            f"latent table {table}: not found; give the folder `aevb export` printed "
+            "(<data-root>/latents/<dataset>/<model>/v<N>) or a Parquet file"
+        )
+    parts = part_files(table)
+    if not parts:
+        raise DatasetError(f"latent table {table}: the folder holds no Parquet files")
+    return parts, read_manifest(table) or {}
+
+
+def iter_latents(
+    parts: list[str], latent_dim: int, batch_size: int
+) -> Iterator[tuple[str, pa.Array, pa.Array, np.ndarray]]:
+    """(split, ids, labels, z_mean float32 [B, k]) in stored order, one file batch at a time."""
+    want = [f"{C.Z_MEAN_PREFIX}{i}" for i in range(latent_dim)]
+    for path in parts:
+        with fs.open_parquet(path) as pf:
+            names = pf.schema_arrow.names
+            missing = [c for c in [C.COL_ID, *want] if c not in names]
+            extra = [n for n in names if n.startswith(C.Z_MEAN_PREFIX) and n not in want]
+            if missing or extra:
+                found = sum(n.startswith(C.Z_MEAN_PREFIX) for n in names)
+                raise DatasetError(
+                    f"latent table {path}: the model has latent_dim={latent_dim} and needs "
+                    f"columns id, z_mean_0..z_mean_{latent_dim - 1}; the table has {found} z_mean "
+                    "columns: decode it with the model that exported it"
+                )
+            cols = [c for c in (C.COL_ID, C.COL_SPLIT, C.COL_LABEL) if c in names] + want
+            for rb in pf.iter_batches(batch_size=batch_size, columns=cols):
+                yield from _latent_batch_by_split(rb, names, want)
+
+
+def _latent_batch_by_split(rb: pa.RecordBatch, names: list[str], want: list[str]):
+    z = np.stack([rb.column(c).to_numpy(zero_copy_only=False) for c in want], 1)
+    split = rb.column(C.COL_SPLIT) if C.COL_SPLIT in names else None
+    labels = rb.column(C.COL_LABEL) if C.COL_LABEL in names else pa.nulls(len(z), pa.int64())
+    ids = rb.column(C.COL_ID).cast(pa.string())
+    if split is None:
+        yield "all", ids, labels, z.astype(np.float32)
+        return
+    values = np.asarray(split.to_numpy(zero_copy_only=False))
+    for s in split.unique().to_pylist():
+        idx = pa.array(np.flatnonzero(values == s))
+        yield s, ids.take(idx), labels.take(idx), z[values == s].astype(np.float32)
