@@ -21,7 +21,9 @@ from tasks.store import tables
 
 
 def _only_parquet(folder: str) -> list[str]:
-    files = [os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs]
+    files = [
+        os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs
+    ]
     assert files and all(f.endswith(".parquet") for f in files), files
     return files
 
