@@ -146,7 +146,8 @@ def train_curve(
     cfg = dataclasses.replace(train_config, epochs=max(len(targets), 1), patience=0)
     model = model or VAE(model_config, seed=cfg.seed)
     trainer = make_trainer(method, model, cfg, len(x_train), hmc)
-    per_step = cfg.batch_size * (trainer.hmc.updates_per_sample if method == "mcem" else 1)
+    per_update = (hmc or HMCSettings()).updates_per_sample if method == "mcem" else 1
+    per_step = cfg.batch_size * per_update  # training samples evaluated per update
     steps = _segment_steps(targets, per_step)
     batches = _batches(len(x_train), cfg.batch_size, np.random.default_rng(cfg.seed))
     x_all = tf.constant(x_train, tf.float32)
