@@ -4,7 +4,7 @@ Synthetic 60,000 x 784 binary data held in memory; batches come from a tf.data p
 shuffles indices and gathers whole batches. For each setting: compile and warm up, then time
 ``--repeats`` windows of ``--steps`` compiled optimiser steps (batches fetched beforehand) and
 print, in examples/s, the median and best window and one pass of the real epoch loop
-(`models.training.Trainer.train_epoch`: tf.data, NaN guard, metrics) over as many steps; the
+(`models.training.train_epoch`: tf.data, NaN guard, metrics) over as many steps; the
 matmul FLOPs per example (forward + backward; elementwise ops not counted) and the GFLOP/s
 achieved at the median; and the process CPU time per example. The machine may be shared, so the
 load average is printed before and after, and "cpu-bound ex/s" = cores / CPU-seconds per example:
@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from models.config import PRESETS, ModelConfig, TrainConfig  # noqa: E402
-from models.training import Trainer  # noqa: E402
+from models.training import Trainer, train_epoch  # noqa: E402
 from models.vae import VAE  # noqa: E402
 
 NUM_TRAIN, DIM = 60_000, 784
@@ -84,18 +84,18 @@ def run(name: str, x: np.ndarray, steps: int, repeats: int) -> dict[str, float]:
     )
     it = iter(data)
     warm = tf.data.Dataset.from_tensors(next(it)).repeat(5)
-    trainer.train_epoch(warm, 0)  # compile
+    train_epoch(trainer, warm, 0)  # compile
     rates, cpu_per_example = [], []
     for _ in range(repeats):
         batches = [next(it) for _ in range(steps)]  # fetched first: the window times the step only
         start, cpu_start = time.perf_counter(), time.process_time()
         for b in batches:
-            trainer._train_step(b)
-        float(trainer.step.numpy())
+            trainer.update(b)
+        float(trainer.state.step.numpy())
         rates.append(steps * bs / (time.perf_counter() - start))
         cpu_per_example.append((time.process_time() - cpu_start) / (steps * bs))
     # The same steps through the real epoch loop (tf.data + guard + metrics) once, for comparison.
-    loop_rate = trainer.train_epoch(data.take(steps), 1)["examples_per_second"]
+    loop_rate = train_epoch(trainer, data.take(steps), 1)["examples_per_second"]
     flops = matmul_flops_per_example(model_cfg)
     med = statistics.median(rates)
     return {

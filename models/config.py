@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from models.constants import EVAL_SEED_OFFSET
 from models.errors import ConfigError
 
 Likelihood = Literal["bernoulli", "gaussian", "continuous_bernoulli"]
@@ -26,8 +27,9 @@ Estimator = Literal["A", "B", "iwae"]
 Optimizer = Literal["adam", "adagrad"]
 Preset = Literal["default", "paper", "fast"]
 Theta = Literal["map", "full_vb"]  # point estimate of the decoder, or App. F's q(theta)
-# Seeds are int32 stateless-RNG keys; the trainer derives validation seeds as seed + a small offset.
+# Seeds are int32 stateless-RNG keys; validation seeds are train.seed + EVAL_SEED_OFFSET.
 EVAL_SEED_ROOM = 10_000
+assert EVAL_SEED_OFFSET < EVAL_SEED_ROOM
 
 
 def _check_choice(name: str, value: Any, allowed_type: Any) -> None:

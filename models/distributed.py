@@ -129,7 +129,7 @@ class DistributedTrainer(Trainer):
         super().__init__(model, config, num_train)
         # Collective ops cannot live inside an XLA cluster: compile only the per-replica gradient.
         self._replica_grads = tf.function(self._replica_grads_impl, jit_compile=config.jit_compile)
-        self._train_step = tf.function(self._train_step_impl)
+        self.update = tf.function(self._update)
 
     def _replica_grads_impl(self, x: tf.Tensor, seed: tf.Tensor):
         cfg = self.config
@@ -137,20 +137,13 @@ class DistributedTrainer(Trainer):
             bound = elbo(self.model, x, seed, cfg.estimator, cfg.num_samples)
             loss_sum = -tf.reduce_sum(bound.elbo)
         grads = tape.gradient(loss_sum, self.variables)
+        parts = (bound.elbo, bound.kl, bound.reconstruction)
         m = tf.cast(tf.shape(x)[0], tf.float32)
-        sums = tf.stack(
-            [
-                tf.reduce_sum(bound.elbo),
-                tf.reduce_sum(bound.kl),
-                tf.reduce_sum(bound.reconstruction),
-                m,
-            ]
-        )
-        return grads, sums
+        return grads, tf.stack([*(tf.reduce_sum(p) for p in parts), m])
 
-    def _train_step_impl(self, x) -> tf.Tensor:
+    def _update(self, x) -> tf.Tensor:
         """One synchronous SGVB update on a distributed global batch; False (no update) on NaN/Inf."""
-        base_seed = tf.stack([self._seed, tf.cast(self.step, tf.int32)])
+        base_seed = tf.stack([self._seed, tf.cast(self.state.step, tf.int32)])
 
         def replica_fn(x_local: tf.Tensor):
             ctx = tf.distribute.get_replica_context()
@@ -165,15 +158,13 @@ class DistributedTrainer(Trainer):
         grads, sums = reduced[:-1], reduced[-1]
         m = tf.maximum(sums[3], 1.0)
         grads = [g / m for g in grads]
-        finite = tf.math.is_finite(sums[0] + tf.add_n([tf.reduce_sum(g) for g in grads]))
 
-        def update() -> tf.Tensor:
-            self.optimizer.apply(grads, self.variables)
-            self.step.assign_add(1)
-            self._sums.assign_add(sums)
-            return tf.constant(True)
+        def count() -> None:
+            self.state.step.assign_add(1)
+            self.sums.add(sums[3], sums[0], sums[1], sums[2])
 
-        return tf.cond(finite, update, lambda: tf.constant(False))
+        # sums[0] is the summed bound: NaN/Inf there or in a gradient skips the update.
+        return self.optimizer.apply_if_finite(grads, self.variables, sums[0], then=count)
 
 
 def worker_checkpoint_dir(checkpoint_dir: str, info: ClusterInfo) -> str:
@@ -202,11 +193,7 @@ def fit_distributed(
     `worker_checkpoint_dir`; all workers must resume from the same epoch.
     """
     trainer = DistributedTrainer(model, config, num_train, strategy)
-    manager = None
-    if checkpoint_dir:
-        own_dir = worker_checkpoint_dir(checkpoint_dir, cluster_info())
-        manager = tf.train.CheckpointManager(trainer.checkpoint(), own_dir, max_to_keep=2)
-    resumed_from = trainer.restore(manager, checkpoint_dir) if manager is not None else 0
+    own_dir = worker_checkpoint_dir(checkpoint_dir, cluster_info()) if checkpoint_dir else None
 
     def epoch_data(epoch: int):
         data = make_train_data(epoch)
@@ -219,7 +206,9 @@ def fit_distributed(
         )
         return strategy.experimental_distribute_dataset(data.with_options(options))
 
-    return run_epochs(trainer, manager, resumed_from, epoch_data, valid_data, config, on_epoch_end)
+    return run_epochs(
+        trainer, epoch_data, valid_data, checkpoint_dir, on_epoch_end, save_dir=own_dir
+    )
 
 
 __all__ = [

@@ -8,8 +8,6 @@
 - `gradient_variance`: trace of the covariance of the SGVB gradient of estimator A vs B at the
   same parameters and minibatch over independent noise draws (Sec. 2.3: B's is typically lower).
 - `compare_full_vb_map`: App. F's full VB over theta against the MAP default on held-out data.
-- `grid_log_marginal`: log p(x) = log sum_g p(x|z_g) p(z_g) dz on a regular grid, exact up to
-  grid error for 1-2 latent dimensions, with the posterior's mean and std (ground truth for tests).
 - `manifold_grid`, `prior_samples`: the paper's Figs. 4 and 5.
 
 Arrays in, floats and lists out; no I/O, no printing.
@@ -28,17 +26,17 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from models import constants as C
 from models.config import ModelConfig, TrainConfig
 from models.errors import ConfigError, TrainingDivergedError
 from models.full_vb import FullVBVAE, fit_full_vb
 from models.hmc_estimator import hmc_log_marginal
 from models.marginal import importance_sampled_log_marginal
-from models.mcem import HMCSettings, MCEMTrainer
+from models.mcem import TRAIN_LOG_JOINT, HMCSettings, MCEMTrainer
 from models.objectives import elbo
-from models.optim import make_optimizer
-from models.training import fit
+from models.training import Step, Trainer, fit, run_epochs
 from models.vae import VAE
-from models.wake_sleep import WakeSleepTrainer
+from models.wake_sleep import TRAIN_WAKE, WakeSleepTrainer
 
 tfd = tfp.distributions
 
@@ -47,47 +45,17 @@ METHODS: tuple[str, ...] = ("aevb", "wake_sleep", "mcem")
 LogMarginalFn = Callable[[VAE, np.ndarray, int], np.ndarray]  # (model, x [n, D], seed) -> [n]
 
 
-class AEVBTrainer:
-    """Algorithm 1: one SGVB gradient step per minibatch on all parameters (as models.training)."""
-
-    def __init__(self, model: VAE, config: TrainConfig, num_train: int):
-        self.model, self.config, self.num_train = model, config, int(num_train)
-        self.variables = list(model.trainable_variables)
-        self.optimizer = make_optimizer(config.optimizer, self.variables, config.learning_rate)
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        self._step = tf.function(self._step_impl, jit_compile=config.jit_compile)
-
-    def _step_impl(self, x: tf.Tensor, seed: tf.Tensor):
-        cfg = self.config
-        with tf.GradientTape() as tape:
-            bound = tf.reduce_mean(elbo(self.model, x, seed, cfg.estimator, cfg.num_samples).elbo)
-            loss = -bound
-            if cfg.weight_decay > 0:
-                sq = tf.add_n([tf.reduce_sum(tf.square(v)) for v in self.variables])
-                loss += 0.5 * cfg.weight_decay * sq / float(self.num_train)
-        grads = tape.gradient(loss, self.variables)
-        self.optimizer.apply(grads, self.variables)
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-        return bound, tf.logical_and(finite, tf.math.is_finite(loss))
-
-    def train_step(self, x: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
-        bound, finite = self._step(x, seed)
-        if not bool(finite):
-            raise TrainingDivergedError(
-                f"AEVB diverged: NaN/Inf at step {int(self.step.numpy())}; lower train.learning_rate",
-                epoch=0,
-                step=int(self.step.numpy()),
-            )
-        self.step.assign_add(1)
-        return {"elbo": bound}
+# The key of each method's own training objective in its epoch metrics.
+_OBJECTIVE = {"aevb": C.TRAIN_ELBO, "wake_sleep": TRAIN_WAKE, "mcem": TRAIN_LOG_JOINT}
 
 
 def make_trainer(
     method: str, model: VAE, config: TrainConfig, num_train: int, hmc: HMCSettings | None = None
-):
-    """The step-wise trainer of ``method`` ("aevb", "wake_sleep" or "mcem") for ``model``."""
+) -> Step:
+    """The `models.training.Step` of ``method`` for ``model``: "aevb" is the pipeline's own
+    `models.training.Trainer` (Algorithm 1); "wake_sleep" and "mcem" are the baselines."""
     if method == "aevb":
-        return AEVBTrainer(model, config, num_train)
+        return Trainer(model, config, num_train)
     if method == "wake_sleep":
         return WakeSleepTrainer(model, config, num_train)
     if method == "mcem":
@@ -96,10 +64,13 @@ def make_trainer(
 
 
 class BoundEvaluator:
-    """Mean estimator-B bound (L=1, fixed seed) over an array, compiled once per model."""
+    """Mean estimator-B bound (L=1) over an array, compiled once per model.
 
-    def __init__(self, model: VAE, batch_size: int = 500, seed: int = 7919):
-        self.batch_size, self.seed = batch_size, seed
+    Fixed noise: seeds [seed + EVAL_SEED_OFFSET, first row of the batch].
+    """
+
+    def __init__(self, model: VAE, batch_size: int = 500, seed: int = 0):
+        self.batch_size, self.seed = batch_size, seed + C.EVAL_SEED_OFFSET
         self._sum = tf.function(lambda x, s: tf.reduce_sum(elbo(model, x, s, "B", 1).elbo))
 
     def __call__(self, x: np.ndarray) -> float:
@@ -134,6 +105,18 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator):
             yield perm[i : i + batch_size]
 
 
+def _segment_steps(targets: list[int], per_step: int) -> list[int]:
+    """Updates between consecutive budgets: budget t is reached after ceil(t / per_step) updates."""
+    ends = [-(-t // per_step) for t in targets] if per_step > 0 else []
+    counts = [b - a for a, b in zip([0, *ends], ends, strict=False)]
+    if not counts or min(counts) < 1:
+        raise ConfigError(
+            f"eval_at={targets}: need budgets > 0, each at least one update ({per_step} training "
+            "samples) past the previous one"
+        )
+    return counts
+
+
 def train_curve(
     method: str,
     x_train: np.ndarray,
@@ -149,43 +132,43 @@ def train_curve(
 ) -> tuple[VAE, Curve]:
     """Train ``method`` until max(eval_at) training samples are evaluated; evaluate at each budget.
 
-    x_train, x_test: [N, D] float32 arrays. Each point of the curve has ``samples``, ``seconds``
-    (training wall time so far), ``train_objective`` (the method's own training objective over the
-    last 20 steps: the SGVB bound, the wake objective log p(x, z), or MCEM's log p(x, z) at the
-    chains), ``train_bound``/``test_bound`` (AEVB, wake-sleep) and, with ``log_marginal``,
+    x_train, x_test: [N, D] float32 arrays. The stretch up to each budget is one epoch of
+    `models.training.run_epochs` (no early stopping; the model ends with its last weights). Each
+    point of the curve has ``samples``, ``seconds`` (training wall time so far), ``train_objective``
+    (the method's own training objective averaged over the updates since the previous point: the
+    SGVB bound, the wake objective log p(x, z), or MCEM's log p(x, z) at the chains),
+    ``train_bound``/``test_bound`` (AEVB, wake-sleep) and, with ``log_marginal``,
     ``{train,test}_log_marginal`` (mean) and ``..._se`` (its standard error over rows) on the
     first ``log_marginal_rows`` rows of each set; ``curve.rows`` keeps the per-row estimates of
     the last budget for paired comparisons. Returns (the trained model, the curve).
     """
-    cfg = train_config
+    targets = sorted(int(t) for t in eval_at)
+    cfg = dataclasses.replace(train_config, epochs=max(len(targets), 1), patience=0)
     model = model or VAE(model_config, seed=cfg.seed)
     trainer = make_trainer(method, model, cfg, len(x_train), hmc)
-    per_step = cfg.batch_size * (
-        (hmc or HMCSettings()).updates_per_sample if method == "mcem" else 1
-    )
-    bound = BoundEvaluator(model) if method != "mcem" else None
-    curve = Curve(method, model_config.latent_dim, len(x_train))
-    targets = sorted(int(t) for t in eval_at)
+    per_update = (hmc or HMCSettings()).updates_per_sample if method == "mcem" else 1
+    per_step = cfg.batch_size * per_update  # training samples evaluated per update
+    steps = _segment_steps(targets, per_step)
     batches = _batches(len(x_train), cfg.batch_size, np.random.default_rng(cfg.seed))
-    samples, seconds, step = 0, 0.0, 0
-    objective_key = {"aevb": "elbo", "wake_sleep": "wake", "mcem": "log_joint"}[method]
-    recent: list[tf.Tensor] = []
     x_all = tf.constant(x_train, tf.float32)
-    for target in targets:
-        start = time.perf_counter()
-        while samples < target:
+
+    def segment(k: int):
+        for _ in range(steps[k - 1]):
             rows = next(batches)
             x = tf.gather(x_all, rows)
-            seed = tf.constant([cfg.seed, step], tf.int32)
-            if method == "mcem":
-                out = trainer.train_step(x, tf.constant(rows, tf.int32), seed)
-            else:
-                out = trainer.train_step(x, seed)
-            recent.append(out[objective_key])
-            samples, step = samples + per_step, step + 1
-        seconds += time.perf_counter() - start
-        objective = float(np.mean([float(v) for v in recent[-20:]]))
-        point = {"samples": float(samples), "seconds": seconds, "train_objective": objective}
+            yield (x, tf.constant(rows, tf.int32)) if method == "mcem" else x
+
+    bound = BoundEvaluator(model) if method != "mcem" else None
+    curve = Curve(method, model_config.latent_dim, len(x_train))
+    clock = {"seconds": 0.0, "since": 0.0}
+
+    def record(k: int, metrics: dict[str, float]) -> None:
+        clock["seconds"] += time.perf_counter() - clock["since"]
+        point = {
+            "samples": float(sum(steps[:k]) * per_step),
+            "seconds": clock["seconds"],
+            "train_objective": metrics[_OBJECTIVE[method]],
+        }
         if bound is not None:
             point["train_bound"], point["test_bound"] = bound(x_train), bound(x_test)
         if log_marginal is not None:
@@ -195,6 +178,10 @@ def train_curve(
                 point[f"{split}_log_marginal_se"] = float(np.std(rows, ddof=1) / np.sqrt(len(rows)))
                 curve.rows[split] = rows.tolist()  # per row, at the latest budget
         curve.points.append(point)
+        clock["since"] = time.perf_counter()  # evaluation time is not training time
+
+    clock["since"] = time.perf_counter()
+    run_epochs(trainer, segment, on_epoch_end=record, keep_best=False)
     return model, curve
 
 
@@ -312,38 +299,6 @@ def gradient_variance(
     return result
 
 
-# -- exact log p(x) for tiny latent spaces ------------------------------------------------------------
-def _grid(latent_dim: int, points: int, radius: float) -> tuple[tf.Tensor, float]:
-    if latent_dim not in (1, 2):
-        raise ConfigError(f"grid_log_marginal needs latent_dim 1 or 2, got {latent_dim}")
-    axis = np.linspace(-radius, radius, points, dtype=np.float32)
-    mesh = np.stack(np.meshgrid(*([axis] * latent_dim), indexing="ij"), -1).reshape(-1, latent_dim)
-    return tf.constant(mesh), float((axis[1] - axis[0]) ** latent_dim)
-
-
-def grid_log_marginal(
-    model, x: np.ndarray | tf.Tensor, points: int = 201, radius: float = 6.0
-) -> dict[str, np.ndarray]:
-    """log p(x) by quadrature over z for latent_dim 1 or 2; also E[z|x] and std[z|x] (exact posterior).
-
-    model: anything with ``likelihood(z)`` and ``prior()`` (a `VAE` or a decoder view).
-    x: [n, D]. Returns {"log_marginal": [n], "posterior_mean": [n, k], "posterior_std": [n, k]}.
-    """
-    z, cell = _grid(model.config.latent_dim, points, radius)
-    x = tf.convert_to_tensor(x, tf.float32)
-    lik = model.likelihood(z[:, None, :])  # batch [G, n]
-    log_joint = lik.log_prob(x[None]) + model.prior().log_prob(z)[:, None]  # [G, n]
-    log_norm = tf.reduce_logsumexp(log_joint, axis=0)  # [n]
-    w = tf.exp(log_joint - log_norm)[:, :, None]  # [G, n, 1]
-    mean = tf.reduce_sum(w * z[:, None, :], axis=0)
-    var = tf.reduce_sum(w * tf.square(z[:, None, :] - mean[None]), axis=0)
-    return {
-        "log_marginal": (log_norm + math.log(cell)).numpy(),
-        "posterior_mean": mean.numpy(),
-        "posterior_std": np.sqrt(np.maximum(var.numpy(), 0.0)),
-    }
-
-
 def _epoch_batches(x: np.ndarray, batch_size: int, seed: int) -> Callable[[int], tf.data.Dataset]:
     def make(epoch: int) -> tf.data.Dataset:
         perm = np.random.default_rng([seed, epoch]).permutation(len(x))
@@ -420,14 +375,12 @@ def prior_samples(model: VAE, n: int, seed: int = 0) -> np.ndarray:
 
 
 __all__ = [
-    "AEVBTrainer",
     "BoundEvaluator",
     "Curve",
     "METHODS",
     "Method",
     "compare_full_vb_map",
     "gradient_variance",
-    "grid_log_marginal",
     "hmc_log_marginal_fn",
     "is_log_marginal_fn",
     "make_trainer",

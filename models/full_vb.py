@@ -12,16 +12,18 @@ datapoint (the scale used by `models.training`) the minibatch estimator is
     1/M sum_i L~(theta, phi; x_i)  -  KL(q(theta) || p(theta)) / N
 
 with L~ the SGVB estimator B (analytic KL for z) and the Gaussian KL for theta in closed form. The
-recognition model q_phi(z|x) stays a point estimate, as in App. F. `FullVBVAE.vae` holds the
+recognition model q_phi(z|x) stays a point estimate, as in App. F, with the weight-decay prior of
+the MAP trainer; theta's prior is in the KL term, so it gets no decay. `FullVBVAE.vae` holds the
 encoder and the decoder whose variables *are* the means mu, so the plug-in model at the posterior
 mean is an ordinary `VAE` (saveable, exportable).
+
+`FullVBTrainer` is a `models.training.Step`: `fit_full_vb` runs it in the shared epoch loop
+(resume check, NaN/Inf guard before each update, early stopping, checkpoints).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -29,10 +31,20 @@ import tensorflow_probability as tfp
 
 from models import constants as C
 from models.config import ModelConfig, TrainConfig
-from models.errors import ConfigError, TrainingDivergedError
+from models.errors import ConfigError
 from models.objectives import elbo
-from models.optim import make_optimizer
-from models.training import EpochCallback, TrainResult
+from models.optim import for_training
+from models.training import (
+    EpochCallback,
+    Evaluator,
+    LoopState,
+    MetricSums,
+    TrainResult,
+    batch_size,
+    check_num_train,
+    fingerprint,
+    run_epochs,
+)
 from models.vae import ACTIVATIONS, LOG_VAR_MAX, LOG_VAR_MIN, VAE, soft_clip
 
 tfd = tfp.distributions
@@ -94,7 +106,7 @@ class FullVBVAE(tf.Module):
             raise ConfigError(
                 f"full_vb initial_std={initial_std!r} and prior_std={prior_std!r} must be > 0"
             )
-        self.config, self.prior_std = config, float(prior_std)
+        self.config, self.initial_std, self.prior_std = config, float(initial_std), float(prior_std)
         self.vae = VAE(config, seed=seed) if vae is None else vae
         rho0 = math.log(math.expm1(initial_std))  # softplus^{-1}
         self.rho = [
@@ -169,83 +181,41 @@ class FullVBVAE(tf.Module):
         }
 
 
-class FullVBTrainer(tf.Module):
-    """Optimiser, compiled steps and checkpointable loop state for one `FullVBVAE`."""
+class FullVBTrainer:
+    """The `Step` of full VB: per minibatch one draw of theta ~ q(theta), one update of (phi, psi)."""
 
     def __init__(self, model: FullVBVAE, config: TrainConfig, num_train: int):
-        super().__init__(name="full_vb_trainer")
-        self.model, self.config, self.num_train = model, config, int(num_train)
-        self.encoder_variables = list(model.vae.encoder.trainable_variables)
-        self.params = list(model.trainable_variables)
-        self.optimizer = make_optimizer(config.optimizer, self.params, config.learning_rate)
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        self.best = tf.Variable(-math.inf, trainable=False, name="best_valid_elbo")
-        self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
-        self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_epochs")
-        self.best_weights = [tf.Variable(v, trainable=False) for v in self.params]
-        self.history = tf.Variable("[]", trainable=False, name="history")  # JSON, for resume
-        self._step = tf.function(self._step_impl, jit_compile=config.jit_compile)
-        self._eval = tf.function(
-            lambda x, s: tf.reduce_sum(elbo(model.vae, x, s, "B", 1).elbo),
-            jit_compile=config.jit_compile,
-        )
+        self.model, self.config, self.num_train = model, config, check_num_train(num_train)
+        self.variables = list(model.trainable_variables)
+        encoder = list(model.vae.encoder.trainable_variables)
+        self.optimizer = for_training(config, self.variables, self.num_train, decayed=encoder)
+        vb = {"theta": "full_vb", "initial_std": model.initial_std, "prior_std": model.prior_std}
+        self.state = LoopState(self.variables, fingerprint(config, model, self.num_train, **vb))
+        self.sums = MetricSums((C.TRAIN_ELBO, C.TRAIN_KL_THETA))
+        self._evaluator = Evaluator(model.vae, config)  # the plug-in model at the mean of q(theta)
+        self._seed = tf.constant(config.seed, tf.int32)
+        self.update = tf.function(self._update, jit_compile=config.jit_compile)
 
-    def _step_impl(self, x: tf.Tensor, seed: tf.Tensor):
-        cfg = self.config
+    def _update(self, x: tf.Tensor) -> tf.Tensor:
+        seed = tf.stack([self._seed, tf.cast(self.state.step, tf.int32)])
         with tf.GradientTape() as tape:
-            out = self.model.objective(x, seed, self.num_train, cfg.num_samples)
+            out = self.model.objective(x, seed, self.num_train, self.config.num_samples)
             loss = -out["bound"]
-            if cfg.weight_decay > 0:
-                sq = tf.add_n([tf.reduce_sum(tf.square(v)) for v in self.encoder_variables])
-                loss += 0.5 * cfg.weight_decay * sq / float(self.num_train)
-        grads = tape.gradient(loss, self.params)
-        self.optimizer.apply(grads, self.params)
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-        return out["bound"], out["kl_theta"], tf.logical_and(finite, tf.math.is_finite(loss))
+        grads = tape.gradient(loss, self.variables)
+        m = batch_size(x)
 
-    def train_epoch(self, data: tf.data.Dataset, epoch: int) -> dict[str, float]:
-        total, n, kl_theta, start = 0.0, 0, 0.0, time.perf_counter()
-        for x in data:
-            step = int(self.step.numpy())
-            bound, kl_theta, finite = self._step(x, tf.constant([self.config.seed, step], tf.int32))
-            if not bool(finite):
-                raise TrainingDivergedError(
-                    f"full-VB training diverged: NaN/Inf at epoch {epoch}, global step {step}; "
-                    "lower train.learning_rate or check the input scaling",
-                    epoch=epoch,
-                    step=step,
-                )
-            self.step.assign_add(1)
-            total += float(bound) * int(x.shape[0])
-            n += int(x.shape[0])
-        return {
-            C.TRAIN_ELBO: total / max(n, 1),
-            "train_kl_theta": float(kl_theta),
-            C.EXAMPLES_PER_SECOND: n / max(time.perf_counter() - start, 1e-9),
-        }
+        def count() -> None:
+            self.state.step.assign_add(1)
+            self.sums.add(m, out["bound"] * m, out["kl_theta"] * m)
 
-    def evaluate(self, data: tf.data.Dataset) -> float:
-        """Plug-in bound at the mean of q(theta), estimator B, fixed noise."""
-        total, n = 0.0, 0
-        for i, x in enumerate(data):
-            total += float(self._eval(x, tf.constant([self.config.seed + 7919, i], tf.int32)))
-            n += int(x.shape[0])
-        return total / max(n, 1)
+        return self.optimizer.apply_if_finite(grads, self.variables, loss, then=count)
 
-    def record(self, epoch: int, score: float) -> None:
-        if score > float(self.best.numpy()):
-            self.best.assign(score)
-            self.best_epoch.assign(epoch)
-            self.bad_epochs.assign(0)
-            for b, v in zip(self.best_weights, self.params, strict=True):
-                b.assign(v)
-        else:
-            self.bad_epochs.assign_add(1)
-        self.epoch.assign(epoch)
+    def evaluate(self, data: tf.data.Dataset) -> dict[str, float]:
+        """Plug-in bound at the mean of q(theta) (estimator B, fixed noise), KL, reconstruction."""
+        return self._evaluator(data)
 
-    def patience_exhausted(self) -> bool:
-        return bool(self.config.patience) and int(self.bad_epochs.numpy()) >= self.config.patience
+    def checkpoint(self) -> tf.train.Checkpoint:
+        return tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, **self.state.items())
 
 
 def fit_full_vb(
@@ -262,42 +232,13 @@ def fit_full_vb(
     ``config.weight_decay`` applies to the encoder only (theta's prior lives in the KL term).
     Validation and early stopping use the plug-in ELBO (estimator B) at the posterior mean of
     theta; the best parameters are restored at the end. Checkpoints every epoch into
-    ``checkpoint_dir`` and resumes from the latest one. Metrics per epoch: train_elbo (the full
-    per-datapoint bound including -KL(theta)/N), train_kl_theta, valid_elbo, examples_per_second.
+    ``checkpoint_dir`` and resumes from the latest one (refusing one written with another
+    config). Metrics per epoch: train_elbo (the full per-datapoint bound including -KL(theta)/N),
+    train_kl_theta (mean over the epoch's steps), valid_elbo, valid_kl, valid_reconstruction,
+    examples_per_second.
     """
     trainer = FullVBTrainer(model, config, num_train)
-    manager, resumed_from = None, 0
-    if checkpoint_dir:
-        ckpt = tf.train.Checkpoint(trainer=trainer)
-        manager = tf.train.CheckpointManager(ckpt, checkpoint_dir, max_to_keep=2)
-        if manager.latest_checkpoint:
-            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            resumed_from = int(trainer.epoch.numpy())
-    history = json.loads(trainer.history.numpy().decode())
-    epoch = int(trainer.epoch.numpy())
-    while epoch < config.epochs and not trainer.patience_exhausted():
-        epoch += 1
-        metrics = trainer.train_epoch(make_train_data(epoch), epoch)
-        if valid_data is not None:
-            metrics[C.VALID_ELBO] = trainer.evaluate(valid_data)
-        trainer.record(epoch, metrics.get(C.VALID_ELBO, metrics[C.TRAIN_ELBO]))
-        metrics["epoch"] = float(epoch)
-        history.append(metrics)
-        trainer.history.assign(json.dumps(history))
-        if manager is not None:
-            manager.save(checkpoint_number=epoch)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics)
-    for v, b in zip(trainer.params, trainer.best_weights, strict=True):
-        v.assign(b)
-    return TrainResult(
-        epochs_completed=epoch,
-        best_epoch=int(trainer.best_epoch.numpy()),
-        best_valid_elbo=float(trainer.best.numpy()),
-        stopped_early=trainer.patience_exhausted() and epoch < config.epochs,
-        resumed_from_epoch=resumed_from,
-        history=history,
-    )
+    return run_epochs(trainer, make_train_data, valid_data, checkpoint_dir, on_epoch_end)
 
 
 def fit_vae_full_vb(

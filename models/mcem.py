@@ -11,11 +11,15 @@ Per minibatch:
     M step:                ``updates_per_sample`` gradient steps on theta of
                            1/M sum_i log p_theta(x_i|z_i) + log p(theta)/N   with the z_i held fixed
 
-HMC mixes well only in low dimension; use it for small latent sizes (the paper used 3).
+The prior log p(theta) = -w/2 ||theta||^2 enters as the optimiser's decay w/N
+(`models.optim.for_training`). Every M-step update is guarded (nothing applied on NaN/Inf), and an
+E step whose chains or acceptance are not finite is not kept. HMC mixes well only in low
+dimension; use it for small latent sizes (the paper used 3).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -23,9 +27,14 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from models.config import TrainConfig
-from models.errors import ConfigError, TrainingDivergedError
-from models.optim import make_optimizer
+from models.errors import ConfigError, ModelError
+from models.optim import for_training
+from models.training import LoopState, MetricSums, batch_size, check_num_train, fingerprint
 from models.vae import VAE
+
+TRAIN_LOG_JOINT = "train_log_joint"  # mean log p(x, z) at the chains, at the last M-step update
+TRAIN_ACCEPT = "train_accept"  # mean HMC acceptance probability
+CHAIN_SEED_STREAM = 17  # chains start from prior draws with the seed [train.seed, 17]
 
 
 @dataclass(frozen=True)
@@ -62,31 +71,38 @@ class HMCSettings:
 
 
 class MCEMTrainer:
-    """Persistent-chain HMC E step + gradient M step on the decoder of ``model``.
+    """Persistent-chain HMC E step + gradient M step on the decoder of ``model``: a `Step`.
 
-    ``train_step(x, index, seed)``: x [M, D] float32, index [M] int (row numbers in the training
-    set, 0 <= index < num_train, selecting each point's chain), seed [2] int. Returns scalar
-    tensors ``log_joint`` (mean log p(x, z) at the last M-step update), ``accept`` (mean
-    acceptance probability of the last HMC transition) and ``step_size``.
+    ``update((x, index))``: x [M, D] float32, index [M] int32 (row numbers in the training set,
+    0 <= index < num_train, selecting each point's chain); one sampling round with the seed
+    [train.seed, step], then ``updates_per_sample`` weight updates. Returns whether every part was
+    applied. Epoch metrics: ``train_log_joint`` and ``train_accept``. There is no recognition
+    model, so no bound to validate with: run it with ``valid_data=None``.
     """
 
     def __init__(
         self, model: VAE, config: TrainConfig, num_train: int, hmc: HMCSettings | None = None
     ):
-        self.model, self.config, self.num_train = model, config, int(num_train)
+        self.model, self.config, self.num_train = model, config, check_num_train(num_train)
         self.hmc = hmc or HMCSettings()
         self.variables = list(model.decoder.trainable_variables)
-        self.optimizer = make_optimizer(config.optimizer, self.variables, config.learning_rate)
+        self.optimizer = for_training(config, self.variables, self.num_train)
+        hmc_fields = dataclasses.asdict(self.hmc)
+        fp = fingerprint(config, model, self.num_train, method="mcem", **hmc_fields)
+        self.state = LoopState(self.variables, fp)
+        self.sums = MetricSums((TRAIN_LOG_JOINT, TRAIN_ACCEPT))
         k = model.config.latent_dim
         # Chains start at independent prior draws (a deterministic function of train.seed).
-        init = tf.random.stateless_normal([self.num_train, k], seed=[config.seed, 17], alg="philox")
+        init = tf.random.stateless_normal(
+            [self.num_train, k], seed=[config.seed, CHAIN_SEED_STREAM], alg="philox"
+        )
         self.chains = tf.Variable(init, trainable=False, name="chains")
         self.log_step_size = tf.Variable(
             math.log(self.hmc.initial_step_size), trainable=False, name="log_step_size"
         )
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self._seed = tf.constant(config.seed, tf.int32)
         self._sample = tf.function(self._sample_impl, jit_compile=config.jit_compile)
-        self._round = tf.function(self._round_impl, jit_compile=config.jit_compile)
+        self.update = tf.function(self._update, jit_compile=config.jit_compile)
 
     def log_joint(self, x: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
         """log p_theta(x|z) + log p(z), shape [M] for x [M, D], z [M, k]."""
@@ -106,50 +122,69 @@ class MCEMTrainer:
                 z, results, seed=tf.random.experimental.stateless_fold_in(seed, t)
             )
             accept = tf.reduce_mean(tf.exp(tf.minimum(results.log_accept_ratio, 0.0)))
-        self.chains.scatter_nd_update(index[:, None], z)
-        self.log_step_size.assign_add(
-            self.hmc.adaptation_rate * (accept - self.hmc.target_accept_prob)
-        )
-        return z, accept
+        # HMC rejects NaN proposals, so check the target at the kept states too: NaN data must not
+        # move the chains or the step size.
+        target = results.accepted_results.target_log_prob
+        finite = tf.math.is_finite(tf.reduce_sum(z) + tf.reduce_sum(target) + accept)
 
-    def _update_impl(self, x: tf.Tensor, z: tf.Tensor):
+        def keep() -> None:
+            self.chains.scatter_nd_update(index[:, None], z)
+            self.log_step_size.assign_add(
+                self.hmc.adaptation_rate * (accept - self.hmc.target_accept_prob)
+            )
+
+        tf.cond(finite, keep, lambda: None)
+        return z, accept, finite
+
+    def _m_step(self, x: tf.Tensor, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             log_joint = tf.reduce_mean(self.log_joint(x, z))
             loss = -log_joint
-            if self.config.weight_decay > 0:
-                sq = tf.add_n([tf.reduce_sum(tf.square(v)) for v in self.variables])
-                loss += 0.5 * self.config.weight_decay * sq / float(self.num_train)
         grads = tape.gradient(loss, self.variables)
-        self.optimizer.apply(grads, self.variables)
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-        return log_joint, tf.logical_and(finite, tf.math.is_finite(loss))
+        return log_joint, self.optimizer.apply_if_finite(grads, self.variables, loss)
 
-    def _round_impl(self, x: tf.Tensor, index: tf.Tensor, seed: tf.Tensor):
-        z, accept = self._sample_impl(x, index, seed)
-        log_joint, finite = tf.reduce_mean(self.log_joint(x, z)), tf.math.is_finite(accept)
+    def _update(self, batch: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+        x, index = batch
+        seed = tf.stack([self._seed, tf.cast(self.state.step, tf.int32)])
+        z, accept, ok = self._sample_impl(x, index, seed)
+        log_joint = tf.reduce_mean(self.log_joint(x, z))
         for _ in range(self.hmc.updates_per_sample):
-            log_joint, finite_u = self._update_impl(x, z)
-            finite = tf.logical_and(finite, finite_u)
-        return log_joint, accept, finite
+            # After a skipped update the later ones are skipped too: the step stops as it failed.
+            log_joint, ok = tf.cond(
+                ok,
+                lambda: self._m_step(x, z),
+                lambda lj=log_joint: (lj, tf.constant(False)),
+            )
+
+        def count() -> None:
+            self.state.step.assign_add(1)
+            m = batch_size(x)
+            self.sums.add(m, log_joint * m, accept * m)
+
+        tf.cond(ok, count, lambda: None)
+        return ok
 
     def sample_posterior(
         self, x: tf.Tensor, index: tf.Tensor, seed: tf.Tensor
-    ) -> tuple[tf.Tensor, tf.Tensor]:
-        """E step only: advance the chains of rows ``index``; returns (z [M, k], mean acceptance)."""
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """E step only: advance the chains of rows ``index``; returns (z [M, k], mean acceptance,
+        kept: False when the move was not finite and the chains were left as they were)."""
         return self._sample(x, tf.convert_to_tensor(index, tf.int32), seed)
 
-    def train_step(self, x: tf.Tensor, index: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
-        """One sampling round then ``updates_per_sample`` weight updates; NaN/Inf raises."""
-        log_joint, accept, finite = self._round(x, tf.convert_to_tensor(index, tf.int32), seed)
-        if not bool(finite):
-            raise TrainingDivergedError(
-                f"MCEM diverged: NaN/Inf at step {int(self.step.numpy())}; lower train.learning_rate "
-                "or mcem.initial_step_size",
-                epoch=0,
-                step=int(self.step.numpy()),
-            )
-        self.step.assign_add(1)
-        return {"log_joint": log_joint, "accept": accept, "step_size": tf.exp(self.log_step_size)}
+    def evaluate(self, data: tf.data.Dataset) -> dict[str, float]:
+        raise ModelError(
+            "MCEM has no recognition model, hence no variational bound to validate with; "
+            "train it with valid_data=None and estimate log p(x) instead (models.hmc_estimator)"
+        )
+
+    def checkpoint(self) -> tf.train.Checkpoint:
+        return tf.train.Checkpoint(
+            model=self.model,
+            optimizer=self.optimizer,
+            chains=self.chains,
+            log_step_size=self.log_step_size,
+            **self.state.items(),
+        )
 
 
-__all__ = ["HMCSettings", "MCEMTrainer"]
+__all__ = ["HMCSettings", "MCEMTrainer", "TRAIN_ACCEPT", "TRAIN_LOG_JOINT"]

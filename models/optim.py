@@ -4,9 +4,14 @@
     Adam (Kingma & Ba, 2014):      m, v moving averages;   theta -= lr_t * m / (sqrt(v) + eps),
                                    lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t)
 
-With ``decay = c`` every gradient of the *loss* gets c * theta added: the gradient of
--log p(theta) * c / w for the Gaussian prior of `models.objectives.log_prior_theta`. Training passes
-c = weight_decay / N, which makes the per-datapoint loss the paper's approximate MAP objective.
+Weight decay has one path: `for_training` builds every trainer's optimiser with decay c = w / N
+(w = ``train.weight_decay``, N = training rows), and the update adds c * theta to each gradient of
+the *loss*: the gradient of -log p(theta) / N for the prior N(0, I / w) of
+`models.objectives.log_prior_theta`, which makes the per-datapoint loss the paper's approximate
+MAP objective. ``decayed`` limits the prior to some of the variables (full VB: the encoder only).
+
+`Optimizer.apply_if_finite` is the guarded update every trainer uses: it checks the loss and the
+gradients first and applies nothing (weights, slots, step counter) when any is NaN/Inf.
 
 Written out rather than taken from Keras so the compiled step, the checkpoint and the SavedModel
 all see ordinary `tf.Variable`s, with no Keras-2/Keras-3 split in between. The updates use TF's
@@ -17,30 +22,74 @@ with exactly the optimiser state it stopped with.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import tensorflow as tf
 
+from models.config import TrainConfig
 from models.errors import ConfigError
 
 
+def all_finite(loss: tf.Tensor, grads: Sequence[tf.Tensor]) -> tf.Tensor:
+    """True when ``loss`` and every gradient are finite (bool scalar tensor).
+
+    NaN/Inf anywhere makes the sum non-finite: one cheap pass instead of is_finite per element.
+    """
+    return tf.math.is_finite(tf.reduce_sum(loss) + tf.add_n([tf.reduce_sum(g) for g in grads]))
+
+
 class Optimizer(tf.Module):
-    """Base: holds the learning rate, the L2 ``decay`` and the int64 step counter ``iterations``."""
+    """Base: the learning rate, the L2 ``decay`` (on ``decayed``, default all) and ``iterations``."""
 
     def __init__(
-        self, variables: list[tf.Variable], learning_rate: float, name: str, decay: float = 0.0
+        self,
+        variables: list[tf.Variable],
+        learning_rate: float,
+        name: str,
+        decay: float = 0.0,
+        decayed: Sequence[tf.Variable] | None = None,
     ):
         super().__init__(name=name)
         self.learning_rate = float(learning_rate)
         self.decay = float(decay)
+        refs = None if decayed is None else {v.ref() for v in decayed}
+        # Per variable, in the order of ``variables`` (the order `apply` receives them in).
+        self.decay_mask = tuple(refs is None or v.ref() in refs for v in variables)
         self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
 
     def _with_decay(self, grads: list[tf.Tensor], variables: list[tf.Variable]) -> list[tf.Tensor]:
         if self.decay == 0.0:
             return list(grads)
-        return [g + self.decay * v for g, v in zip(grads, variables, strict=True)]
+        return [
+            g + self.decay * v if decayed else g
+            for g, v, decayed in zip(grads, variables, self.decay_mask, strict=True)
+        ]
 
     def apply(self, grads: list[tf.Tensor], variables: list[tf.Variable]) -> None:
         """One descent step on the loss whose gradients are ``grads`` (same order as ``variables``)."""
         raise NotImplementedError
+
+    def apply_if_finite(
+        self,
+        grads: list[tf.Tensor],
+        variables: list[tf.Variable],
+        loss: tf.Tensor,
+        then: Callable[[], None] | None = None,
+    ) -> tf.Tensor:
+        """`apply` only when ``loss`` and ``grads`` are finite; returns whether it did (bool tensor).
+
+        Checked before the update so a NaN/Inf never reaches the weights or the slots: the caller
+        can stop with the state of the last good step. ``then`` (graph code: step counters, metric
+        sums) runs only with the update.
+        """
+
+        def update() -> tf.Tensor:
+            self.apply(grads, variables)
+            if then is not None:
+                then()
+            return tf.constant(True)
+
+        return tf.cond(all_finite(loss, grads), update, lambda: tf.constant(False))
 
 
 class Adam(Optimizer):
@@ -54,8 +103,9 @@ class Adam(Optimizer):
         beta_2: float = 0.999,
         epsilon: float = 1e-7,
         decay: float = 0.0,
+        decayed: Sequence[tf.Variable] | None = None,
     ):
-        super().__init__(variables, learning_rate, name="adam", decay=decay)
+        super().__init__(variables, learning_rate, name="adam", decay=decay, decayed=decayed)
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
         self.m = [tf.Variable(tf.zeros_like(v), trainable=False, name="m") for v in variables]
         self.v = [tf.Variable(tf.zeros_like(v), trainable=False, name="v") for v in variables]
@@ -95,8 +145,9 @@ class Adagrad(Optimizer):
         initial_accumulator: float = 0.0,
         epsilon: float = 1e-8,
         decay: float = 0.0,
+        decayed: Sequence[tf.Variable] | None = None,
     ):
-        super().__init__(variables, learning_rate, name="adagrad", decay=decay)
+        super().__init__(variables, learning_rate, name="adagrad", decay=decay, decayed=decayed)
         self.epsilon = epsilon
         self.acc = [
             tf.Variable(tf.fill(v.shape, float(initial_accumulator)), trainable=False, name="acc")
@@ -118,14 +169,33 @@ class Adagrad(Optimizer):
 
 
 def make_optimizer(
-    name: str, variables: list[tf.Variable], learning_rate: float, decay: float = 0.0
+    name: str,
+    variables: list[tf.Variable],
+    learning_rate: float,
+    decay: float = 0.0,
+    decayed: Sequence[tf.Variable] | None = None,
 ) -> Optimizer:
     """ "adam" or "adagrad" over ``variables``; ``decay`` adds decay * theta to each gradient."""
     if name == "adam":
-        return Adam(variables, learning_rate, decay=decay)
+        return Adam(variables, learning_rate, decay=decay, decayed=decayed)
     if name == "adagrad":
-        return Adagrad(variables, learning_rate, decay=decay)
+        return Adagrad(variables, learning_rate, decay=decay, decayed=decayed)
     raise ConfigError(f"train.optimizer={name!r} is not allowed; choose 'adam' or 'adagrad'")
 
 
-__all__ = ["Optimizer", "Adam", "Adagrad", "make_optimizer"]
+def for_training(
+    config: TrainConfig,
+    variables: list[tf.Variable],
+    num_train: int,
+    decayed: Sequence[tf.Variable] | None = None,
+) -> Optimizer:
+    """The optimiser of ``config`` over ``variables`` with the prior's decay weight_decay / N.
+
+    Every trainer builds its optimisers here, so the prior on the parameters has one spelling.
+    ``decayed``: the variables that carry the prior (default: all of ``variables``).
+    """
+    decay = config.weight_decay / num_train
+    return make_optimizer(config.optimizer, variables, config.learning_rate, decay, decayed)
+
+
+__all__ = ["Optimizer", "Adam", "Adagrad", "all_finite", "for_training", "make_optimizer"]

@@ -11,51 +11,60 @@ only the learning rule differs. Per minibatch of M datapoints:
 Wake-sleep optimises no single objective (the sleep phase minimises KL(p||q) rather than the
 KL(q||p) of the variational bound), so progress is measured exactly as for AEVB: with the SGVB
 lower bound (estimator B) using q_phi as the approximate posterior, as in the paper's Fig. 2.
-log p(theta) = -w/2 ||theta||^2 with w = ``config.weight_decay`` (w = 1: the paper's N(0, I)).
+log p(theta) = -w/2 ||theta||^2 with w = ``config.weight_decay`` (w = 1: the paper's N(0, I)), and
+likewise for phi; both enter as the optimisers' decay w/N (`models.optim.for_training`).
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
+from models import constants as C
 from models.config import TrainConfig
-from models.errors import TrainingDivergedError
 from models.objectives import elbo
-from models.optim import make_optimizer
+from models.optim import for_training
+from models.training import (
+    Evaluator,
+    LoopState,
+    MetricSums,
+    batch_size,
+    check_num_train,
+    fingerprint,
+)
 from models.vae import VAE
+
+TRAIN_WAKE = "train_wake"  # mean log p(x, z), z ~ q(z|x): the wake phase's objective
+TRAIN_SLEEP = "train_sleep"  # mean log q(z|x) on dreams: the sleep phase's objective
 
 
 class WakeSleepTrainer:
-    """Alternating wake (generative) and sleep (recognition) updates for one `VAE`.
+    """Alternating wake (generative) and sleep (recognition) updates for one `VAE`: a `Step`.
 
-    ``train_step(x, seed)`` does one wake and one sleep update on a [M, D] float32 minibatch and
-    returns scalar tensors: ``wake`` (mean log p(x, z) with z ~ q), ``sleep`` (mean log q(z|x) on
-    dreams) and ``elbo`` (mean estimator-B bound on x before the update).
+    ``update(x)`` does one wake and one sleep update on a [M, D] float32 minibatch with the seed
+    [train.seed, step] and returns whether both were applied. Each phase is its own guarded
+    update: a non-finite wake phase changes nothing and skips the sleep phase; a non-finite sleep
+    phase keeps that step's wake update. The epoch metrics are ``train_wake``, ``train_sleep`` and
+    ``train_elbo`` (the estimator-B bound on x before the update).
     """
 
     def __init__(self, model: VAE, config: TrainConfig, num_train: int):
-        self.model, self.config, self.num_train = model, config, int(num_train)
+        self.model, self.config, self.num_train = model, config, check_num_train(num_train)
         self.generative_variables = list(model.decoder.trainable_variables)
         self.recognition_variables = list(model.encoder.trainable_variables)
-        self.wake_optimizer = make_optimizer(
-            config.optimizer, self.generative_variables, config.learning_rate
-        )
-        self.sleep_optimizer = make_optimizer(
-            config.optimizer, self.recognition_variables, config.learning_rate
-        )
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        # Both phases carry the prior -w/2 ||.||^2 / N (decay w/N) on their own parameters.
+        self.wake_optimizer = for_training(config, self.generative_variables, self.num_train)
+        self.sleep_optimizer = for_training(config, self.recognition_variables, self.num_train)
+        model_fp = fingerprint(config, model, self.num_train, method="wake_sleep")
+        self.state = LoopState(list(model.trainable_variables), model_fp)
+        self.sums = MetricSums((TRAIN_WAKE, TRAIN_SLEEP, C.TRAIN_ELBO))
+        self._evaluator = Evaluator(model, config)
+        self._seed = tf.constant(config.seed, tf.int32)
         self._wake = tf.function(self._wake_impl, jit_compile=config.jit_compile)
         self._sleep = tf.function(self._sleep_impl, jit_compile=config.jit_compile)
         # Drawing the dreams stays outside XLA: TF's default stateless RNG is ~30x slower under
         # XLA on CPU, and the sleep phase draws M x D Bernoulli/Gaussian variates per step.
         self._dream = tf.function(self.dream)
-        self._train = tf.function(self._train_impl)
-
-    def _log_prior_theta(self, variables: list[tf.Variable]) -> tf.Tensor:
-        if self.config.weight_decay <= 0:
-            return tf.constant(0.0)
-        sq = tf.add_n([tf.reduce_sum(tf.square(v)) for v in variables])
-        return -0.5 * self.config.weight_decay * sq / float(self.num_train)
+        self.update = tf.function(self._update)
 
     def wake_objective(self, x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         """Mean over the batch of log p_theta(x|z) + log p(z), z ~ q(z|x) held fixed. Shape []."""
@@ -77,47 +86,55 @@ class WakeSleepTrainer:
         bound = tf.reduce_mean(elbo(self.model, x, seed_eval, "B", 1).elbo)
         with tf.GradientTape() as tape:
             wake = self.wake_objective(x, seed_wake)
-            loss = -(wake + self._log_prior_theta(self.generative_variables))
+            loss = -wake
         grads = tape.gradient(loss, self.generative_variables)
-        self.wake_optimizer.apply(grads, self.generative_variables)
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-        return wake, bound, tf.logical_and(finite, tf.math.is_finite(wake))
+        applied = self.wake_optimizer.apply_if_finite(grads, self.generative_variables, loss)
+        return wake, bound, applied
 
     def _sleep_impl(self, z: tf.Tensor, x: tf.Tensor):
         with tf.GradientTape() as tape:
             sleep = self.sleep_objective(z, x)
-            loss = -(sleep + self._log_prior_theta(self.recognition_variables))
+            loss = -sleep
         grads = tape.gradient(loss, self.recognition_variables)
-        self.sleep_optimizer.apply(grads, self.recognition_variables)
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-        return sleep, tf.logical_and(finite, tf.math.is_finite(sleep))
+        return sleep, self.sleep_optimizer.apply_if_finite(grads, self.recognition_variables, loss)
 
     def wake_update(self, x: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """Wake phase only (moves theta): returns (wake objective, ELBO before the update, finite)."""
+        """Wake phase only (moves theta): returns (wake objective, ELBO before, applied)."""
         return self._wake(x, seed)
 
     def sleep_update(self, batch_size: int, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Sleep phase only (moves phi) on ``batch_size`` dreams: returns (sleep objective, finite)."""
+        """Sleep phase only (moves phi) on ``batch_size`` dreams: returns (sleep objective, applied)."""
         return self._sleep(*self._dream(int(batch_size), seed))
 
-    def _train_impl(self, x: tf.Tensor, seed: tf.Tensor):
+    def _update(self, x: tf.Tensor) -> tf.Tensor:
+        seed = tf.stack([self._seed, tf.cast(self.state.step, tf.int32)])
         seed_wake, seed_sleep = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        wake, bound, finite_wake = self._wake(x, seed_wake)
-        sleep, finite_sleep = self._sleep(*self.dream(x.shape[0], seed_sleep))
-        return wake, sleep, bound, tf.logical_and(finite_wake, finite_sleep)
+        wake, bound, woke = self._wake(x, seed_wake)
 
-    def train_step(self, x: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
-        """One wake + one sleep update (M dreams for M datapoints); raises on NaN/Inf."""
-        wake, sleep, bound, finite = self._train(x, seed)
-        if not bool(finite):
-            raise TrainingDivergedError(
-                f"wake-sleep diverged: NaN/Inf at step {int(self.step.numpy())}; lower "
-                "train.learning_rate or check that the inputs suit model.likelihood",
-                epoch=0,
-                step=int(self.step.numpy()),
-            )
-        self.step.assign_add(1)
-        return {"wake": wake, "sleep": sleep, "elbo": bound}
+        def sleep_phase():
+            return self._sleep(*self.dream(x.shape[0], seed_sleep))
+
+        sleep, slept = tf.cond(woke, sleep_phase, lambda: (tf.constant(0.0), tf.constant(False)))
+
+        def count() -> None:
+            self.state.step.assign_add(1)
+            m = batch_size(x)
+            self.sums.add(m, wake * m, sleep * m, bound * m)
+
+        tf.cond(slept, count, lambda: None)
+        return slept
+
+    def evaluate(self, data: tf.data.Dataset) -> dict[str, float]:
+        """Estimator-B bound with q_phi as the approximate posterior (as for AEVB)."""
+        return self._evaluator(data)
+
+    def checkpoint(self) -> tf.train.Checkpoint:
+        return tf.train.Checkpoint(
+            model=self.model,
+            wake_optimizer=self.wake_optimizer,
+            sleep_optimizer=self.sleep_optimizer,
+            **self.state.items(),
+        )
 
 
-__all__ = ["WakeSleepTrainer"]
+__all__ = ["TRAIN_SLEEP", "TRAIN_WAKE", "WakeSleepTrainer"]

@@ -75,12 +75,12 @@ def test_default_strategy_step_sums_the_bound_with_the_replica_seed():
     seed = tf.random.experimental.stateless_fold_in(tf.constant([4, 0], tf.int32), 0)
     expected = elbo(model, tf.constant(x), seed, "B", 1)
     before = [v.numpy().copy() for v in model.trainable_variables]
-    trainer._sums.assign(tf.zeros([4]))
-    assert bool(trainer._train_step(tf.constant(x)))
-    sums = trainer._sums.numpy()
+    trainer.sums.reset()
+    assert bool(trainer.update(tf.constant(x)))
+    sums = trainer.sums.total.numpy()
     np.testing.assert_allclose(sums[0], expected.elbo.numpy().sum(), rtol=1e-5)
     np.testing.assert_allclose(sums[1], expected.kl.numpy().sum(), rtol=1e-5)
-    assert sums[3] == 8 and int(trainer.step.numpy()) == 1
+    assert sums[3] == 8 and int(trainer.state.step.numpy()) == 1
     assert any(
         not np.allclose(b, v.numpy())
         for b, v in zip(before, model.trainable_variables, strict=True)

@@ -12,9 +12,11 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from models.config import ModelConfig, TrainConfig
-from models.errors import ConfigError
-from models.full_vb import FullVBVAE, fit_full_vb
+from models.errors import ConfigError, ModelError, TrainingDivergedError
+from models.full_vb import FullVBVAE, fit_full_vb, fit_vae_full_vb
 from models.objectives import elbo
+from models.training import fit
+from models.vae import VAE
 
 tfd = tfp.distributions
 
@@ -129,3 +131,73 @@ def test_fit_full_vb_resumes_from_its_checkpoint(tmp_path):
     assert [h["epoch"] for h in result.history] == [1.0, 2.0, 3.0, 4.0]
     for a, b in zip(straight.trainable_variables, resumed.trainable_variables, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _binary(n: int, seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).random((n, 8)) < 0.4).astype(np.float32)
+
+
+def _shuffled(x: np.ndarray, batch: int = 50):
+    def make(epoch: int) -> tf.data.Dataset:
+        perm = np.random.default_rng(epoch).permutation(len(x))
+        return tf.data.Dataset.from_tensor_slices(x[perm]).batch(batch)
+
+    return make
+
+
+def test_full_vb_resume_with_a_different_config_is_refused(tmp_path):
+    make = _shuffled(_binary(200, 3))
+    cfg = TrainConfig(epochs=1, learning_rate=0.01, patience=0, jit_compile=False)
+    fit_full_vb(FullVBVAE(_config(), seed=5), make, None, 200, cfg, checkpoint_dir=str(tmp_path))
+    changed = TrainConfig(**{**cfg.__dict__, "epochs": 2, "learning_rate": 0.02})
+    with pytest.raises(ModelError, match="different model/train config.*Delete the folder"):
+        fit_full_vb(
+            FullVBVAE(_config(), seed=5), make, None, 200, changed, checkpoint_dir=str(tmp_path)
+        )
+    # Nor may full VB resume a MAP run's checkpoint (same train config, another trainer).
+    fit(VAE(_config(), seed=5), make, None, 200, cfg, checkpoint_dir=str(tmp_path / "map"))
+    with pytest.raises(ModelError, match="different model/train config"):
+        fit_vae_full_vb(
+            VAE(_config(), seed=5), make, None, 200, cfg, checkpoint_dir=str(tmp_path / "map")
+        )
+
+
+def test_full_vb_nan_stops_with_epoch_and_step_before_the_update_is_applied(tmp_path):
+    """XLA-compiled step (the default). The data of epoch 2 poisons its 3rd batch (global step
+    4 + 3 = 7); just before handing it over, the generator records the weights of step 6."""
+    x = _binary(200, 4)
+    model = FullVBVAE(_config(), seed=6)
+    seen: dict[str, list[np.ndarray]] = {}
+
+    def make(epoch: int):
+        for i in range(4):
+            batch = x[i * 50 : (i + 1) * 50].copy()
+            if epoch == 2 and i == 2:
+                seen["weights"] = [v.numpy().copy() for v in model.trainable_variables]
+                batch[7, 2] = np.nan
+            yield tf.constant(batch)
+
+    cfg = TrainConfig(epochs=3, learning_rate=0.01, patience=0)
+    with pytest.raises(
+        TrainingDivergedError, match=r"NaN/Inf at epoch 2, step 3 .*global step 7"
+    ) as info:
+        fit_full_vb(model, make, None, 200, cfg, checkpoint_dir=str(tmp_path))
+    assert (info.value.epoch, info.value.step) == (2, 7)
+    for a, v in zip(seen["weights"], model.trainable_variables, strict=True):
+        np.testing.assert_array_equal(v.numpy(), a)  # the poisoned update was not applied
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-1")  # nothing of epoch 2
+
+
+def test_full_vb_non_finite_validation_bound_stops_training():
+    valid = _binary(40, 5)
+    valid[0, 0] = np.inf
+    cfg = TrainConfig(epochs=2, learning_rate=0.01, jit_compile=False)
+    with pytest.raises(TrainingDivergedError, match="validation ELBO is nan after epoch 1") as info:
+        fit_full_vb(
+            FullVBVAE(_config(), seed=7),
+            _shuffled(_binary(100, 6)),
+            tf.data.Dataset.from_tensor_slices(valid).batch(20),
+            100,
+            cfg,
+        )
+    assert (info.value.epoch, info.value.step) == (1, 2)

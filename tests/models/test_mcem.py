@@ -9,8 +9,8 @@ import tensorflow as tf
 
 from models.config import ModelConfig, TrainConfig
 from models.errors import ConfigError
-from models.experiments import grid_log_marginal
-from models.mcem import HMCSettings, MCEMTrainer
+from models.mcem import TRAIN_ACCEPT, TRAIN_LOG_JOINT, HMCSettings, MCEMTrainer
+from models.quadrature import grid_log_marginal
 from models.vae import VAE
 
 
@@ -56,7 +56,7 @@ def test_m_step_moves_only_the_decoder():
     chains0 = mcem.chains.numpy().copy()
     enc0 = [v.numpy().copy() for v in model.encoder.trainable_variables]
     dec0 = [v.numpy().copy() for v in model.decoder.trainable_variables]
-    out = mcem.train_step(x, tf.range(50), tf.constant([0, 0]))
+    assert bool(mcem.update((x, tf.range(50))))
     assert all(
         np.array_equal(a, v.numpy())
         for a, v in zip(enc0, model.encoder.trainable_variables, strict=True)
@@ -65,7 +65,8 @@ def test_m_step_moves_only_the_decoder():
         not np.array_equal(a, v.numpy())
         for a, v in zip(dec0, model.decoder.trainable_variables, strict=True)
     )
-    assert np.isfinite(float(out["log_joint"]))
+    means, n = mcem.sums.means()
+    assert n == 50 and np.isfinite(means[TRAIN_LOG_JOINT]) and 0 < means[TRAIN_ACCEPT] <= 1
     moved = np.any(mcem.chains.numpy() != chains0, axis=1)
     assert moved.mean() > 0.5  # the HMC move was accepted for most rows (target acceptance 0.9)
 
@@ -74,11 +75,11 @@ def test_mcem_raises_exact_log_likelihood_of_data():
     teacher = _teacher(seed=3)
     x = _data(teacher, 400, seed=9)
     student = VAE(teacher.config, seed=21)
-    mcem = MCEMTrainer(student, TrainConfig(learning_rate=0.01), num_train=400)
+    mcem = MCEMTrainer(student, TrainConfig(learning_rate=0.01, seed=13), num_train=400)
     before = grid_log_marginal(student, x)["log_marginal"].mean()
     for i in range(200):
         rows = tf.range(i % 4 * 100, i % 4 * 100 + 100)
-        mcem.train_step(tf.gather(x, rows), rows, tf.constant([13, i]))
+        assert bool(mcem.update((tf.gather(x, rows), rows)))
     after = grid_log_marginal(student, x)["log_marginal"].mean()
     teacher_ll = grid_log_marginal(teacher, x)["log_marginal"].mean()
     assert after > before + 0.5 * (teacher_ll - before)
@@ -89,3 +90,19 @@ def test_bad_hmc_settings_are_config_errors():
         HMCSettings(num_leapfrog_steps=0)
     with pytest.raises(ConfigError, match="target_accept_prob"):
         HMCSettings(target_accept_prob=1.5)
+
+
+def test_a_non_finite_m_step_is_not_applied():
+    """NaN data already stops at the E step (see tests/models/test_trainers.py); here the M step's
+    own guard: a NaN gradient leaves the decoder and the optimiser slots as they were."""
+    model = _teacher()
+    mcem = MCEMTrainer(model, TrainConfig(learning_rate=0.01, jit_compile=False), num_train=8)
+    x = _data(model, 8, seed=3)
+    z = tf.fill([8, 1], float("nan"))
+    before = [v.numpy().copy() for v in mcem.variables]
+    _, applied = mcem._m_step(x, z)
+    assert not bool(applied) and int(mcem.optimizer.iterations.numpy()) == 0
+    for a, v in zip(before, mcem.variables, strict=True):
+        np.testing.assert_array_equal(a, v.numpy())
+    _, applied = mcem._m_step(x, tf.zeros([8, 1]))
+    assert bool(applied) and int(mcem.optimizer.iterations.numpy()) == 1

@@ -15,7 +15,7 @@ from models.config import ModelConfig, TrainConfig
 from models.errors import ModelError, TrainingDivergedError
 from models.objectives import log_prior_theta
 from models.optim import Adagrad, Adam
-from models.training import Trainer, fit
+from models.training import Trainer, fit, train_epoch
 from models.vae import VAE
 
 D = 16
@@ -76,14 +76,14 @@ def test_a_train_step_moves_the_weights_and_evaluation_does_not():
     before = weights(model)
     trainer.evaluate(valid_data())
     assert_same(weights(model), before)
-    assert int(trainer.step.numpy()) == 0 and int(trainer.optimizer.iterations.numpy()) == 0
+    assert int(trainer.state.step.numpy()) == 0 and int(trainer.optimizer.iterations.numpy()) == 0
     assert all(not m.numpy().any() for m in trainer.optimizer.m)  # no optimiser slot touched
-    trainer.train_epoch(tf.data.Dataset.from_tensors(X_TRAIN[:20]), epoch=1)
+    train_epoch(trainer, tf.data.Dataset.from_tensors(X_TRAIN[:20]), epoch=1)
     after = weights(model)
     assert all(
         not np.array_equal(a, b) for a, b in zip(before, after, strict=True)
     )  # every tensor moved
-    assert int(trainer.step.numpy()) == 1 and int(trainer.optimizer.iterations.numpy()) == 1
+    assert int(trainer.state.step.numpy()) == 1 and int(trainer.optimizer.iterations.numpy()) == 1
 
 
 def test_adagrad_step_with_decay_matches_the_closed_form():
@@ -237,14 +237,12 @@ def test_early_stopping_returns_the_best_weights(tmp_path):
 
 
 def test_patience_bookkeeping():
-    trainer = Trainer(VAE(MODEL, seed=0), dataclasses.replace(TRAIN, patience=2), 100)
+    state = Trainer(VAE(MODEL, seed=0), TRAIN, 100).state
     for epoch, score in enumerate([-5.0, -3.0, -4.0, -3.5, -2.0, -2.5, -2.5], start=1):
-        trainer.record_epoch(epoch, score)
-    assert int(trainer.best_epoch.numpy()) == 5 and float(trainer.best_elbo.numpy()) == -2.0
-    assert trainer.patience_exhausted()
-    assert not Trainer(
-        VAE(MODEL, seed=0), dataclasses.replace(TRAIN, patience=0), 100
-    ).patience_exhausted()
+        state.record_epoch(epoch, score)
+    assert int(state.best_epoch.numpy()) == 5 and float(state.best_elbo.numpy()) == -2.0
+    assert state.patience_exhausted(2) and not state.patience_exhausted(3)
+    assert not state.patience_exhausted(0)  # patience 0: never stop early
 
 
 def test_epoch_callback_sees_every_metric_after_the_checkpoint_is_written(tmp_path):
