@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -74,6 +75,37 @@ def _quiet_user_error_tracebacks() -> None:
                 handler.addFilter(drop)
 
 
+# Task parameters whose flag is spelled differently from the parameter.
+PARAMETER_FLAGS = {"model_uri": "--model", "table": "--from-latents"}
+
+
+def parameters_as_flags(message: str, parser: argparse.ArgumentParser | None) -> str:
+    """Task messages name parameters (`batch_size=0`, `` `mask` ``); say them as the verb's flags.
+
+    Only the two spellings tasks use are rewritten, ``name=`` and a back-quoted ``name``, and only
+    for parameters the verb has a flag for, so prose and config keys (``train.epochs=``) stay.
+    """
+    if parser is None:
+        return message
+    flags = dict(PARAMETER_FLAGS)
+    for action in parser._actions:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if longs:
+            flags[action.dest] = longs[0]
+    flags = {k: v for k, v in flags.items() if v in parser._option_string_actions}
+    for param, flag in sorted(flags.items(), key=lambda kv: -len(kv[0])):
+        message = re.sub(rf"(?<![\w.{{'\"-]){param}=", f"{flag}=", message)
+        message = message.replace(f"`{param}`", f"`{flag}`")
+    return message
+
+
+def _verb_parser(parser: argparse.ArgumentParser, verb: str) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(verb)
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aevb",
@@ -105,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(func(args) or 0)
     except PipelineError as exc:
-        print(f"aevb {args.verb}: error: {exc}", file=sys.stderr)
+        message = parameters_as_flags(str(exc), _verb_parser(parser, args.verb))
+        print(f"aevb {args.verb}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

@@ -18,7 +18,7 @@ Shapes: x, mask [B, D] (D = prod(feature_shape)); y [B, D] or [B, D / s^2] for s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import tensorflow as tf
@@ -214,10 +214,3 @@ def mean_impute(y: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     counts = tf.reduce_sum(mask, 0)
     means = tf.math.divide_no_nan(tf.reduce_sum(y * mask, 0), counts)
     return mask * y + (1.0 - mask) * means[None, :]
-
-
-def with_estimated_noise(spec: DegradationSpec, y: tf.Tensor) -> DegradationSpec:
-    """The spec with noise_std set to the MAD estimate from y when it is unset (gaussian only)."""
-    if spec.kind != "gaussian" or spec.noise_std is not None:
-        return spec
-    return replace(spec, noise_std=max(float(estimate_noise_std(y, spec.feature_shape)), MIN_STD))

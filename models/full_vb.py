@@ -145,10 +145,6 @@ class FullVBVAE(tf.Module):
             weights.append((pair[0], pair[1]))
         return DecoderSample(self.vae, weights)
 
-    def mean_decoder(self) -> VAE:
-        """The plug-in model at the posterior mean of theta."""
-        return self.vae
-
     def kl_theta(self) -> tf.Tensor:
         """KL(q(theta) || N(0, prior_std^2 I)), closed form, summed over all decoder parameters."""
         s2 = self.prior_std**2

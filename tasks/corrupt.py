@@ -7,7 +7,7 @@
                                                    superres features are [H/s, W/s(, C)]
     <root>/datasets/digits-inpaint.mask/<version>/  inpaint only: uint8 mask, 1 = observed
 
-Kinds (`--kind`): denoise (additive Gaussian noise, `noise_std`), salt-pepper (a fraction `amount`
+Kinds (`kind`): denoise (additive Gaussian noise, `noise_std`), salt-pepper (a fraction `amount`
 of entries set to the value range's low/high), inpaint (random pixels missing w.p. `amount`, or one
 `block` x `block` hole per image), superres (average pooling by `factor`).
 
@@ -75,7 +75,7 @@ def corrupt_dataset(
     clean = datasets.load_manifest(root, dataset, version)
     name = datasets.validate_name(name or f"{clean.name}-{cli_kind(kind)}")
     if name == clean.name or name == clean.name + MASK_SUFFIX:
-        raise DatasetError(f"--name {name}: choose a name other than the clean dataset's")
+        raise DatasetError(f"name={name!r}: choose a name other than the clean dataset's")
     spec = make_spec(
         kind,
         clean.feature_shape,

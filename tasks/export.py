@@ -118,6 +118,29 @@ def check_export_args(splits: tuple[str, ...], batch_size: int, samples: int) ->
         raise ConfigError(f"samples={samples!r} must be an integer >= 0")
 
 
+def _part_calls(
+    root: str,
+    manifest: datasets.DatasetManifest,
+    splits: tuple[str, ...],
+    saved_model_dir: str,
+    provenance: dict[str, Any],
+    batch_size: int,
+    seed: int,
+) -> list[tuple[str, dict[str, Any]]]:
+    """(output file name, `encode_part` arguments) for every (split, dataset part file)."""
+    calls = []
+    for s_index, split in enumerate(splits):
+        files = readers.split_files(root, manifest.name, manifest.version, split)
+        for p_index, part in enumerate(files):
+            args = dict(
+                saved_model_dir=saved_model_dir, part=part, split=split,
+                manifest_json=manifest.to_json(), provenance_json=json.dumps(provenance),
+                batch_size=batch_size, seed=[seed, s_index, p_index],
+            )  # fmt: skip
+            calls.append((f"part-{split}-{p_index:05d}.parquet", args))
+    return calls
+
+
 def export_latents(
     model_uri: str,
     dataset: str,
@@ -167,32 +190,15 @@ def export_latents(
         "schema_version": tables.SCHEMA_VERSION,
         **key,
     }
-    parts = [
-        (s_index, split, p_index, part)
-        for s_index, split in enumerate(splits)
-        for p_index, part in enumerate(
-            readers.split_files(root, manifest.name, manifest.version, split)
-        )
-    ]
+    calls = _part_calls(
+        root, manifest, splits, resolved.saved_model_dir, provenance, batch_size, seed
+    )
 
     def fill(stage: str) -> dict[str, Any]:
-        calls = [
-            dict(
-                saved_model_dir=resolved.saved_model_dir,
-                part=part,
-                out=fs.join(stage, f"part-{split}-{p_index:05d}.parquet"),
-                split=split,
-                manifest_json=manifest.to_json(),
-                provenance_json=json.dumps(provenance),
-                batch_size=batch_size,
-                seed=[seed, s_index, p_index],
-            )
-            for s_index, split, p_index, part in parts
-        ]
         if part_task is None:
-            counts = [encode_part(**c) for c in calls]
+            counts = [encode_part(out=fs.join(stage, name), **c) for name, c in calls]
         else:
-            futures = [part_task.submit(**c) for c in calls]
+            futures = [part_task.submit(out=fs.join(stage, name), **c) for name, c in calls]
             wait(futures)
             counts = [f.result() for f in futures]
         columns = tables.latent_schema(provenance["latent_dim"], samples).names

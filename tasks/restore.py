@@ -220,7 +220,9 @@ def _manifest_of(schema, fill) -> Callable[[str], dict[str, Any]]:
 
 def model_key(resolved: tracking.ResolvedModel) -> tuple[str, int | str]:
     if resolved.name is None and resolved.run_id is None:
-        raise ModelError(f"--model {resolved.uri}: use models:/NAME@ALIAS or models:/NAME/VERSION")
+        raise ModelError(
+            f"model_uri={resolved.uri!r}: use models:/NAME@ALIAS or models:/NAME/VERSION"
+        )
     name = resolved.name or "unregistered"
     return name, resolved.version if resolved.version is not None else resolved.run_id
 

@@ -41,21 +41,23 @@ class RestoreSettings:
     def __post_init__(self) -> None:
         for name in ("batch_size", "map_steps", "iterations"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')}={getattr(self, name)} must be >= 1")
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if not 0 <= self.burn_in < self.iterations:
-            raise ConfigError(f"--burn-in={self.burn_in} must lie in [0, --iterations)")
+            raise ConfigError(
+                f"burn_in={self.burn_in} must lie in [0, iterations={self.iterations})"
+            )
         if not self.learning_rate > 0:
-            raise ConfigError(f"--learning-rate={self.learning_rate} must be > 0")
+            raise ConfigError(f"learning_rate={self.learning_rate} must be > 0")
         if self.noise_std is not None and not self.noise_std > 0:
-            raise ConfigError(f"--noise-std={self.noise_std} must be > 0")
+            raise ConfigError(f"noise_std={self.noise_std} must be > 0")
 
 
 def check_method(method: str, kind: str | None = None) -> str:
     if method not in METHODS:
-        raise ConfigError(f"--method {method!r} is not known; choose one of {', '.join(METHODS)}")
+        raise ConfigError(f"method={method!r} is not known; choose one of {', '.join(METHODS)}")
     if kind is not None and METHODS[method] in ("pseudo_gibbs", "mwg") and kind != "inpaint":
         raise ConfigError(
-            f"--method {method} applies to inpainting only; use amortized or map for "
+            f"method={method!r} applies to inpainting only; use amortized or map for "
             f"{cli_kind(kind)}"
         )
     return METHODS[method]
@@ -78,14 +80,14 @@ def plan(
     if record is not None:
         if kind is not None and degradation_kind(kind) != record["kind"]:
             raise ConfigError(
-                f"--kind {kind}: dataset {dataset!r} was made by `aevb corrupt --kind "
-                f"{cli_kind(record['kind'])}`; drop --kind (it is read from the manifest)"
+                f"kind={kind!r}: dataset {dataset!r} was made by `aevb corrupt` with kind="
+                f"{cli_kind(record['kind'])!r}; drop `kind` (it is read from the manifest)"
             )
         kind = record["kind"]
     elif kind is None:
         raise ConfigError(
-            f"--kind: dataset {dataset!r} was not made by `aevb corrupt`, so say how it is "
-            f"degraded: --kind {'|'.join(KINDS)}"
+            f"`kind`: dataset {dataset!r} was not made by `aevb corrupt`, so say how it is "
+            f"degraded: kind={'|'.join(KINDS)}"
         )
     kind = degradation_kind(kind)
     check_method(method, kind)
@@ -98,7 +100,7 @@ def plan(
         elif mask_ref:
             mask_m = datasets.load_manifest(root, mask_ref["name"], mask_ref["version"])
         else:
-            raise ConfigError(f"--mask: inpainting {dataset!r} needs a mask dataset (1 = observed)")
+            raise ConfigError(f"`mask`: inpainting {dataset!r} needs a mask dataset (1 = observed)")
     clean = None
     if record is not None:
         ref = src["clean"]

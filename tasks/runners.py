@@ -20,11 +20,10 @@ training) or any other exception fails at once: retrying a deterministic failure
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any
 
 from models.errors import ConfigError, PipelineError
 
-RunnerKind = Literal["threads", "dask"]
 RUNNER_KINDS: tuple[str, ...] = ("threads", "dask")
 _ADDRESS = re.compile(r"^(tcp|tls|ucx|inproc)://[^\s/]+(:\d+)?/?$|^[A-Za-z0-9.\-]+:\d+$")
 
@@ -68,14 +67,6 @@ def make_task_runner(kind: str = "threads", address: str | None = None, workers:
         "dashboard_address": None,  # no HTTP server nobody asked for
     }
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster_kwargs)
-
-
-def describe_runner(runner: Any) -> str:
-    """One line for logs and summaries: which runner, and where."""
-    address = getattr(runner, "address", None) or getattr(runner, "_address", None)
-    if type(runner).__name__ == "DaskTaskRunner":
-        return f"dask ({address})" if address else "dask (local cluster, in-process threads)"
-    return f"threads (max_workers={getattr(runner, '_max_workers', None) or 'default'})"
 
 
 # ----------------------------------------------------------------------------- retries

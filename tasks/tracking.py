@@ -533,13 +533,13 @@ def resolve_model(uri: str, dst_dir: str | None = None) -> ResolvedModel:
         if unreachable(exc):
             raise
         raise ModelError(
-            f"--model {uri}: cannot resolve it in the MLflow store at {tracking_uri()} "
+            f"model_uri={uri!r}: cannot resolve it in the MLflow store at {tracking_uri()} "
             f"({str(exc).splitlines()[0]}); list models with `aevb models list`"
         ) from exc
     saved = _saved_model_path(local)
     if saved is None or not os.path.isdir(saved):
         raise ModelError(
-            f"--model {uri}: the downloaded model has no '{SAVED_MODEL_KEY}' artifact; "
+            f"model_uri={uri!r}: the downloaded model has no '{SAVED_MODEL_KEY}' artifact; "
             "it was not logged by aevb"
         )
     return ResolvedModel(uri, name, version, run_id, saved)

@@ -12,8 +12,9 @@ from tasks.reproduce.experiments import (
     run_experiment,
     write_report_task,
 )
-from tasks.reproduce.report import EXPERIMENT, log_report, render_markdown, summarize, write_report
+from tasks.reproduce.report import EXPERIMENT, log_report, render_markdown, write_report
 from tasks.reproduce.settings import DATA_NOTES, ReproduceSettings, full_settings, quick_settings
+from tasks.reproduce.summary import summarize
 
 __all__ = [
     "DATA_NOTES",

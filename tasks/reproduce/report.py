@@ -13,16 +13,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tasks.reproduce.figures import LABELS
 from tasks.reproduce.settings import DATA_NOTES, ReproduceSettings
+from tasks.reproduce.summary import final_value, summarize
 
 EXPERIMENT = "aevb-reproduce"
-
-
-def _final(curve: dict, key: str) -> float:
-    return curve["points"][-1].get(key, math.nan)
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -35,78 +30,6 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def _superfluous(by: dict) -> dict[str, float]:
-    """The regularization claim: the largest latent size overfits no more than the others."""
-    aevb = {k: c for (m, k), c in by.items() if m == "aevb"}
-    if len(aevb) < 2:
-        return {}
-    k_max = max(aevb)
-    gaps = {k: _final(c, "train_bound") - _final(c, "test_bound") for k, c in aevb.items()}
-    tests = [p["test_bound"] for p in aevb[k_max]["points"]]
-    best = max(_final(c, "test_bound") for c in aevb.values())
-    return {
-        "claim_superfluous_gap_excess": gaps[k_max]
-        - float(np.median([g for k, g in gaps.items() if k != k_max])),
-        "claim_superfluous_test_drop": max(tests) - tests[-1],
-        "claim_largest_latent_minus_best_test_bound": _final(aevb[k_max], "test_bound") - best,
-    }
-
-
-def _paired(a: dict, b: dict, split: str) -> tuple[float, float]:
-    """Mean and standard error of the per-row difference a - b (same rows); unpaired if no rows."""
-    ra, rb = a.get("rows", {}).get(split), b.get("rows", {}).get(split)
-    if ra and rb and len(ra) == len(rb) > 1:
-        d = np.subtract(ra, rb)
-        return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
-    return _final(a, f"{split}_log_marginal") - _final(b, f"{split}_log_marginal"), math.nan
-
-
-def summarize(results: dict) -> dict[str, float]:
-    """Headline numbers (also the MLflow metrics) and the claim checks, as a flat dict."""
-    out: dict[str, float] = {}
-    if "fig2" in results:
-        by = {(c["method"], c["latent_dim"]): c for c in results["fig2"]["curves"]}
-        leads = []
-        for (method, k), c in by.items():
-            out[f"fig2_{method}_z{k}_test_bound"] = _final(c, "test_bound")
-            out[f"fig2_{method}_z{k}_train_bound"] = _final(c, "train_bound")
-            if method == "aevb" and ("wake_sleep", k) in by:
-                ws = by[("wake_sleep", k)]["points"]
-                leads += [
-                    p["test_bound"] - q["test_bound"] for p, q in zip(c["points"], ws, strict=True)
-                ]
-        out["claim_aevb_minus_ws_min_test_gap"] = min(leads) if leads else math.nan
-        out["claim_aevb_minus_ws_final_min_test_gap"] = min(
-            (
-                _final(c, "test_bound") - _final(by[("wake_sleep", k)], "test_bound")
-                for (m, k), c in by.items()
-                if m == "aevb" and ("wake_sleep", k) in by
-            ),
-            default=math.nan,
-        )
-        out.update(_superfluous(by))
-    if "fig3" in results:
-        by = {(c["method"], c["num_train"]): c for c in results["fig3"]["curves"]}
-        for (method, n), c in by.items():
-            for split in ("train", "test"):
-                out[f"fig3_{method}_n{n}_{split}_log_marginal"] = _final(c, f"{split}_log_marginal")
-        n_small = min(n for _, n in by)
-        diff, se = _paired(by[("aevb", n_small)], by[("mcem", n_small)], "test")
-        out["claim_aevb_minus_mcem_small_n_test"] = diff
-        out["claim_aevb_minus_mcem_small_n_test_se"] = se
-    if "gradient_variance" in results:
-        for where in ("init", "trained"):
-            r = results["gradient_variance"][where]
-            out[f"gradvar_{where}_encoder_A"] = r["A"]["encoder"]
-            out[f"gradvar_{where}_encoder_B"] = r["B"]["encoder"]
-            out[f"claim_gradvar_{where}_ratio_B_over_A"] = r["B"]["encoder"] / r["A"]["encoder"]
-    if "full_vb" in results:
-        for method in ("map", "full_vb"):
-            for key, value in results["full_vb"][method].items():
-                out[f"vb_{method}_{key}"] = value
-    return out
 
 
 def _claims(summary: dict[str, float]) -> list[str]:
@@ -160,11 +83,11 @@ def _curve_rows(curves: list[dict], key: str, extra: str | None = None) -> list[
     for c in curves:
         row = [c["latent_dim"], c["num_train"], LABELS[c["method"]], c["learning_rate"]]
         for split in ("train", "test"):
-            value, se = _final(c, f"{split}_{key}"), _final(c, f"{split}_{key}_se")
+            value, se = final_value(c, f"{split}_{key}"), final_value(c, f"{split}_{key}_se")
             row.append(value if math.isnan(se) else f"{value:.2f} ± {se:.2f}")
         if extra is not None:
             row.append(c.get(extra, math.nan))
-        rows.append(row + [int(c["points"][-1]["samples"]), _final(c, "seconds")])
+        rows.append(row + [int(c["points"][-1]["samples"]), final_value(c, "seconds")])
     return rows
 
 
@@ -205,8 +128,7 @@ def _header(results: dict, s: ReproduceSettings, seconds: dict[str, float]) -> l
 
 
 def _fig2_section(results: dict) -> list[str]:
-    md: list[str] = []
-    md += [
+    return [
         "## Fig. 2 analogue: lower bound vs training samples evaluated",
         "",
         f"{results['fig2']['data']}; hidden units {results['fig2']['hidden']}. Solid: train, dashed: test.",
@@ -228,13 +150,11 @@ def _fig2_section(results: dict) -> list[str]:
         ),
         "",
     ]
-    return md
 
 
 def _fig3_section(results: dict) -> list[str]:
-    md: list[str] = []
     r = results["fig3"]
-    md += [
+    return [
         "## Fig. 3 analogue: marginal log-likelihood vs training samples evaluated",
         "",
         f"{r['data']}; {r['latent_dim']}-D latent, {r['hidden']} hidden units; estimator: {r['estimator']}. "
@@ -259,11 +179,9 @@ def _fig3_section(results: dict) -> list[str]:
         ),
         "",
     ]
-    return md
 
 
 def _variance_section(results: dict) -> list[str]:
-    md: list[str] = []
     r = results["gradient_variance"]
     rows = [
         [
@@ -276,7 +194,7 @@ def _variance_section(results: dict) -> list[str]:
         ]
         for where in ("init", "trained")
     ]
-    md += [
+    return [
         "## Estimator variance: SGVB estimator A vs B",
         "",
         f"Trace of the covariance of the minibatch gradient over {r['draws']} noise draws, same "
@@ -290,7 +208,6 @@ def _variance_section(results: dict) -> list[str]:
         _table(["parameters", "encoder A", "encoder B", "B/A", "decoder A", "decoder B"], rows),
         "",
     ]
-    return md
 
 
 def _manifolds_section(results: dict) -> list[str]:
@@ -316,7 +233,6 @@ def _manifolds_section(results: dict) -> list[str]:
 
 
 def _full_vb_section(results: dict) -> list[str]:
-    md: list[str] = []
     r = results["full_vb"]
     keys = [
         "train_elbo",
@@ -326,7 +242,7 @@ def _full_vb_section(results: dict) -> list[str]:
         "test_predictive_log_marginal",
     ]
     rows = [[m] + [r[m].get(k, math.nan) for k in keys] for m in ("map", "full_vb")]
-    md += [
+    return [
         "## Full VB over theta (App. F) vs MAP",
         "",
         f"{r['data']}; N = {r['num_train']} training rows, {r['latent_dim']}-D latent, "
@@ -349,7 +265,6 @@ def _full_vb_section(results: dict) -> list[str]:
         ),
         "",
     ]
-    return md
 
 
 def render_markdown(results: dict, settings: ReproduceSettings, seconds: dict[str, float]) -> str:

@@ -104,7 +104,7 @@ def load_fashion_mnist_source(path: str | None = None) -> SourceData:
     if not os.path.isdir(folder):
         raise DatasetError(
             f"Fashion-MNIST folder {folder!r} not found; install Debian's dataset-fashion-mnist "
-            "package or pass --path to a folder holding the four *-idx?-ubyte[.gz] files"
+            "package or pass `path` (a folder) holding the four *-idx?-ubyte[.gz] files"
         )
     data = load_idx_source(folder)
     data.kind = "fashion-mnist"

@@ -1,4 +1,4 @@
-"""Format detection for `aevb ingest PATH` from file names and magic bytes (override: --format)."""
+"""Format detection for `aevb ingest PATH` from file names and magic bytes (override: `format`)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def detect(path: str) -> str:
         if image_files(path):
             return "images"
         raise DatasetError(
-            f"{path}: unknown format: the folder holds none of {SUPPORTED}; or pass --format"
+            f"{path}: unknown format: the folder holds none of {SUPPORTED}; or pass `format`"
         )
     lower = path.lower()
     if lower.endswith((".csv", ".csv.gz")):
@@ -42,4 +42,4 @@ def detect(path: str) -> str:
         return "parquet"
     if "ubyte" in lower or lower.endswith((".idx", ".idx.gz")) or _looks_like_idx(path):
         return "idx"
-    raise DatasetError(f"{path}: unknown format; supported: {SUPPORTED}; or pass --format")
+    raise DatasetError(f"{path}: unknown format; supported: {SUPPORTED}; or pass `format`")

@@ -104,7 +104,7 @@ def load_idx_source(
         pairs = [(os.path.join(path, f), _labels_path(os.path.join(path, f))) for f in found]
         if labels_file:
             raise DatasetError(
-                f"{path}: --labels-file applies to a single IDX images file, not a folder"
+                f"{path}: `labels_file` applies to a single IDX images file, not a folder"
             )
     else:
         require_file(path, "IDX file")

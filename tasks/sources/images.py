@@ -69,7 +69,7 @@ def load_image_folder_source(
         loose = [rel for rel in files if "/" not in rel]
         if loose:
             raise DatasetError(
-                f"{folder}: {loose[0]} is not inside a sub-folder; with --labels-from-folders every "
+                f"{folder}: {loose[0]} is not inside a sub-folder; with `labels_from_folders` every "
                 "image must sit in <folder>/<label>/"
             )
         tops = [rel.split("/", 1)[0] for rel in files]

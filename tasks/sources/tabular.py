@@ -94,7 +94,7 @@ def _numeric_matrix(path: str, table: pa.Table, columns: list[str]) -> np.ndarra
             bad = next(v for v in col.to_pylist() if not _is_number(v))
             raise DatasetError(
                 f"{path}: column {name!r} holds non-numeric value {bad!r}; features must be numbers "
-                "(name it with --id-column/--label-column or list --feature-columns)"
+                "(name it with `id_column`/`label_column` or list `feature_columns`)"
             )
         arrays.append(col.to_numpy(zero_copy_only=False))
     return np.column_stack(arrays) if arrays else np.empty((table.num_rows, 0))
@@ -270,7 +270,7 @@ def _list_column(path: str, table: pa.Table, name: str) -> np.ndarray:
         or pa.types.is_fixed_size_list(col.type)
     ):
         raise DatasetError(
-            f"{path}: column {name!r} has type {col.type}; --x-column needs a list column"
+            f"{path}: column {name!r} has type {col.type}; `x_column` needs a list column"
         )
     if col.null_count:
         raise DatasetError(

@@ -30,7 +30,7 @@ def degradation_kind(kind: str) -> str:
     if kind in KINDS.values():
         return kind
     if kind not in KINDS:
-        raise ConfigError(f"--kind {kind!r} is not known; choose one of {', '.join(KINDS)}")
+        raise ConfigError(f"kind={kind!r} is not known; choose one of {', '.join(KINDS)}")
     return KINDS[kind]
 
 
@@ -56,7 +56,7 @@ def make_spec(
     if hi <= lo:  # a constant dataset: any positive peak keeps PSNR defined
         hi = lo + 1.0
     if block and kind != "inpaint":
-        raise ConfigError(f"--block applies to --kind inpaint only, not {cli_kind(kind)}")
+        raise ConfigError(f"`block` applies to kind='inpaint' only, not {cli_kind(kind)!r}")
     return DegradationSpec(
         kind,
         feature_shape,

@@ -204,22 +204,6 @@ def copy_tree(src: str, dst: str, *, last: tuple[str, ...] = ()) -> None:
         fs.copy_file(info.path, target)
 
 
-def find_files(uri: str, suffix: str = "") -> list[str]:
-    """Every file under ``uri`` (recursively) whose name ends with ``suffix``, as full locations."""
-    fs, path = filesystem(uri)
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    prefix = uri.rstrip("/")
-    out = [
-        prefix + i.path[len(path.rstrip("/")) :]
-        for i in infos
-        if i.type == pafs.FileType.File and i.base_name.endswith(suffix)
-    ]
-    return sorted(out)
-
-
 @contextlib.contextmanager
 def open_parquet(uri: str) -> Iterator[pq.ParquetFile]:
     """A ParquetFile over a local file or a URI, closed when the block ends."""

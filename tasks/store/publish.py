@@ -21,13 +21,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import json
 import os
 import signal
 import socket
 import time
 import uuid
-from typing import Any
 
 from tasks.store import fs
 
@@ -66,10 +64,6 @@ def write_atomic(uri: str, data: bytes) -> None:
 
 def write_text_atomic(uri: str, text: str) -> None:
     write_atomic(uri, text.encode())
-
-
-def write_json_atomic(uri: str, doc: dict[str, Any]) -> None:
-    write_atomic(uri, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
 
 
 # ----------------------------------------------------------------------------- ownership

@@ -13,7 +13,6 @@ buffers hold the compact storage dtype). Shuffling is deterministic for (seed, e
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -183,11 +182,3 @@ def make_tf_dataset(
     scale = tf.constant(manifest.scale, tf.float32)
     ds = ds.map(lambda b: tf.cast(b, tf.float32) * scale, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(2)
-
-
-def steps_per_epoch(
-    manifest: DatasetManifest, split: str, batch_size: int, drop_remainder: bool
-) -> int:
-    """Number of batches one pass over ``split`` yields."""
-    rows = manifest.rows.get(split, 0)
-    return rows // batch_size if drop_remainder else math.ceil(rows / batch_size)

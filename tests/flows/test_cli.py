@@ -83,3 +83,27 @@ def test_user_error_inside_a_flow_prints_one_line_and_no_traceback(
     )
     errors = [line for line in captured.err.splitlines() if line.startswith("aevb export: error:")]
     assert len(errors) == 1 and "nosuch" in errors[0]
+
+
+def test_task_messages_name_parameters_and_the_cli_says_them_as_flags():
+    from flows import cli
+
+    parser = cli._verb_parser(cli.build_parser(), "export")
+    said = cli.parameters_as_flags(
+        "batch_size=0 must be > 0; model_uri='m' unknown; `samples` too; "
+        "train.batch_size=3 and the user's 'batch_size=7' stay",
+        parser,
+    )
+    assert said == (
+        "--batch-size=0 must be > 0; --model='m' unknown; `--samples` too; "
+        "train.batch_size=3 and the user's 'batch_size=7' stay"
+    )
+    # a parameter the verb has no flag for is left alone
+    assert cli.parameters_as_flags("kind='x'", parser) == "kind='x'"
+
+
+def test_a_task_error_reaches_the_user_with_the_verbs_flag(capsys, data_root):
+    rc = main(["export", "--model", "models:/x@champion", "--dataset", "d",
+               "--data-root", data_root, "--batch-size", "0"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["aevb export: error: --batch-size=0 must be an integer > 0"]

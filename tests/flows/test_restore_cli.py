@@ -74,13 +74,13 @@ def test_restore_from_latents(aevb, env, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["corrupt", "digits", "--kind", "blur"], "--kind 'blur' is not known"),
+        (["corrupt", "digits", "--kind", "blur"], "--kind='blur' is not known"),
         (["corrupt", "nope", "--kind", "denoise"], "dataset 'nope' not found"),
-        (["corrupt", "digits", "--kind", "superres", "--factor", "3"], "factor=3"),
+        (["corrupt", "digits", "--kind", "superres", "--factor", "3"], "--factor=3"),
         (["restore", "--model", "{uri}"], "exactly one of --dataset"),
         (["restore", "--model", "{uri}", "--dataset", "digits", "--method", "gibbs"],
-         "--method 'gibbs' is not known"),
-        (["restore", "--model", "{uri}", "--dataset", "digits"], "--kind: dataset 'digits'"),
+         "--method='gibbs' is not known"),
+        (["restore", "--model", "{uri}", "--dataset", "digits"], "`--kind`: dataset 'digits'"),
         (["restore", "--model", "{uri}", "--dataset", "digits", "--kind", "denoise",
           "--splits", "tst"], "--splits 'tst'"),
         (["restore", "--model", "{uri}", "--dataset", "digits", "--kind", "denoise",

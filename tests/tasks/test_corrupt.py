@@ -108,9 +108,9 @@ def test_superres_is_average_pooling(root):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"kind": "blur"}, ConfigError, "--kind 'blur' is not known; choose one of denoise"),
+        ({"kind": "blur"}, ConfigError, "kind='blur' is not known; choose one of denoise"),
         ({"kind": "superres", "factor": 3}, ConfigError, "factor=3 must be >= 2 and divide"),
-        ({"kind": "denoise", "block": 3}, ConfigError, "--block applies to --kind inpaint"),
+        ({"kind": "denoise", "block": 3}, ConfigError, "`block` applies to kind='inpaint' only"),
         ({"kind": "inpaint", "amount": 1.0}, ConfigError, "amount=1.0 must lie in"),
         ({"kind": "inpaint", "name": "digits"}, DatasetError, "other than the clean"),
         ({"kind": "inpaint", "name": "Bad Name"}, DatasetError, "invalid dataset name"),

@@ -206,15 +206,20 @@ def _plain_dataset(root, name, shape):
 @pytest.mark.parametrize(
     "dataset, kwargs, error, match",
     [
-        ("digits-inpaint", {"method": "gibbs"}, ConfigError, "--method 'gibbs' is not known"),
+        ("digits-inpaint", {"method": "gibbs"}, ConfigError, "method='gibbs' is not known"),
         ("digits-denoise", {"method": "mwg"}, ConfigError, "applies to inpainting only"),
         ("nope", {}, DatasetError, "dataset 'nope' not found"),
         ("plain-4x4", {"kind": "denoise"}, DatasetError, r"feature_shape \[4, 4\] does not match"),
-        ("plain-4x4", {}, ConfigError, "--kind: dataset 'plain-4x4' was not made by"),
-        ("plain-8x8", {"kind": "inpaint"}, ConfigError, "--mask: inpainting 'plain-8x8' needs"),
-        ("digits-inpaint", {"kind": "denoise"}, ConfigError, "drop --kind"),
+        ("plain-4x4", {}, ConfigError, "`kind`: dataset 'plain-4x4' was not made by"),
+        ("plain-8x8", {"kind": "inpaint"}, ConfigError, "`mask`: inpainting 'plain-8x8' needs"),
+        ("digits-inpaint", {"kind": "denoise"}, ConfigError, "drop `kind`"),
         ("digits-inpaint", {"splits": ("training",)}, DatasetError, "unknown split 'training'"),
-        ("digits-inpaint", {"model": "models:/nope@champion"}, ModelError, "--model models:/nope"),
+        (
+            "digits-inpaint",
+            {"model": "models:/nope@champion"},
+            ModelError,
+            "model_uri='models:/nope",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_error_and_writes_nothing(env, dataset, kwargs, error, match):

@@ -116,7 +116,7 @@ def test_tables_publish_over_s3_with_the_manifest_beside_the_folder(s3_root: str
     for folder, fill, rows in ((latent, latent_fill, 5), (restored, restored_fill, 3)):
         doc = tables.publish_table(folder, fill)
         assert tables.read_manifest(folder)["rows"] == doc["rows"] == rows
-        assert [fs.basename(p) for p in fs.find_files(folder)] == ["part-test-00000.parquet"]
+        assert fs.list_files(folder) == ["part-test-00000.parquet"]
         filesystem, path = fs.filesystem(folder)
         assert pads.dataset(path, filesystem=filesystem).to_table().num_rows == rows
         assert not [n for n, _ in fs.entries(fs.parent(folder)) if ".staging-" in n]

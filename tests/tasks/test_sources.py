@@ -226,7 +226,7 @@ def test_fashion_mnist_builtin_from_a_folder(tmp_path) -> None:
 
 def test_fashion_mnist_missing_folder_explains_the_debian_package(tmp_path) -> None:
     with pytest.raises(
-        DatasetError, match="install Debian's dataset-fashion-mnist package or pass --path"
+        DatasetError, match="install Debian's dataset-fashion-mnist package or pass .path."
     ):
         load_source("fashion-mnist", path=str(tmp_path / "absent"))
 
