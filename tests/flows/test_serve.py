@@ -197,7 +197,7 @@ def test_scheduled_retraining_on_a_real_server(prefect_server, tmp_path):
             finished = client.read_flow_run(run.id)
             artifacts = client.read_artifacts()
     assert finished.state.is_completed(), finished.state
-    assert any(a.key == "aevb-aevb-digits-summary" and a.flow_run_id == run.id for a in artifacts)
+    assert any(a.key == "aevb-digits-summary" and a.flow_run_id == run.id for a in artifacts)
     uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     versions = MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions(
         "name = 'aevb-digits'"

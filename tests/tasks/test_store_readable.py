@@ -88,9 +88,9 @@ def test_every_engine_reads_the_folder_as_is(folders, kind) -> None:
         "polars glob": pl.scan_parquet(f"{folder}/**/*.parquet", hive_partitioning=True)
         .collect()
         .to_pandas(),
-        "duckdb": duckdb.sql(
-            f"SELECT * FROM read_parquet('{folder}/**', hive_partitioning=true)"
-        ).df(),
+        "duckdb": duckdb.connect()
+        .sql(f"SELECT * FROM read_parquet('{folder}/**', hive_partitioning=true)")
+        .df(),
     }
     for engine, df in frames.items():
         assert len(df) == rows, f"{engine} read {len(df)} rows of {kind}, expected {rows}"
@@ -104,10 +104,14 @@ def test_dataset_split_is_a_hive_partition(folders) -> None:
     folder, _ = folders["dataset"]
     df = pd.read_parquet(folder)
     assert sorted(df[C.COL_SPLIT].astype(str).unique()) == sorted(C.SPLITS)
-    counts = duckdb.sql(
-        f"SELECT split, count(*) AS n FROM read_parquet('{folder}/**', hive_partitioning=true) "
-        "GROUP BY split ORDER BY split"
-    ).fetchall()
+    counts = (
+        duckdb.connect()
+        .sql(
+            f"SELECT split, count(*) AS n FROM read_parquet('{folder}/**', hive_partitioning=true) "
+            "GROUP BY split ORDER BY split"
+        )
+        .fetchall()
+    )
     assert dict(counts) == {C.TEST: 180, C.TRAIN: 1437, C.VALID: 180}
 
 
