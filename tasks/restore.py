@@ -258,6 +258,7 @@ def decode_latents(
     resolved, vae = load_model(model_uri)
     name, mversion = model_key(resolved)
     dataset = manifest.get("dataset") or "table-" + hashlib.sha256(table.encode()).hexdigest()[:8]
+    datasets.validate_name(dataset)  # it names the output folder: never a path
     final = tables.restored_table_path(root, dataset, name, mversion, FROM_LATENTS)
     key = {
         "table": table,

@@ -67,7 +67,7 @@ CASES: list[tuple[str, Callable, dict, str]] = [
         "unknown-format",
         lambda s: _write(s / "notes.txt", "hello"),
         {},
-        r"notes.txt: unknown format; supported: IDX .*; or pass --format",
+        r"notes.txt: unknown format; supported: IDX .*; or pass `format`",
     ),
     (
         "idx-bad-magic",
