@@ -89,6 +89,7 @@ def write_source(
     path = datasets.version_dir(root, name, version)
     if datasets.is_complete(root, name, version):
         datasets.set_current(root, name, version)  # writes nothing when it is current already
+        publish.sweep_all(datasets.dataset_dir(root, name))  # stages of killed ingests
         return IngestResult(name, version, path, created=False)
     with DatasetWriter(root, name, **spec, version=version) as writer:
         for split in SPLITS:
