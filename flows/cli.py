@@ -88,12 +88,15 @@ class _DropPipelineErrorTracebacks(logging.Filter):
         return not any(f"{n}(" in message or f"{n}: " in message for n in _error_names())
 
 
+_DROP = _DropPipelineErrorTracebacks()
+
+
 def _quiet_user_error_tracebacks() -> None:
     """Attach the filter to every handler Prefect configured (filters on loggers miss propagation)."""
     from prefect.logging.configuration import ensure_logging_setup
 
     ensure_logging_setup()  # `import prefect` alone does not configure its handlers
-    drop = _DropPipelineErrorTracebacks()
+    drop = _DROP
     names = [
         n for n in logging.Logger.manager.loggerDict if n == "prefect" or n.startswith("prefect.")
     ]

@@ -34,9 +34,27 @@ def check(args: argparse.Namespace):
     extra = data_overrides(args.source, args.name, args.data_root)
     config = pipeline_config(args, extra)
     d = config.data
-    for source in d.shards or (d.source,):
-        check_source(source, dict(d.options))
+    formats = {check_source(source, dict(d.options)) for source in d.shards or (d.source,)}
+    check_splits(config, fixed_test="idx" in formats)
     return config
+
+
+def check_splits(config, fixed_test: bool) -> None:
+    """Splits the pipeline needs and the fractions would leave empty (IDX t10k files bring their
+    own test split): refused before anything is ingested."""
+    from models.errors import ConfigError
+
+    d, split = config.data, config.evaluate.split
+    if d.valid_fraction == 0:
+        raise ConfigError(
+            "data.valid_fraction=0 leaves no validation split, and the pipeline trains "
+            "(early stopping, the resume score): set it > 0, e.g. data.valid_fraction=0.1"
+        )
+    if split == "test" and d.test_fraction == 0 and not fixed_test:
+        raise ConfigError(
+            "evaluate.split='test' but data.test_fraction=0 leaves the test split empty: set "
+            "data.test_fraction > 0 or evaluate.split='valid'"
+        )
 
 
 def run(args: argparse.Namespace, config) -> int:

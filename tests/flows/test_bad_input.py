@@ -185,6 +185,8 @@ CASES = [
     ("pipeline-fifo-source", ["pipeline", "{src}/fifo.csv", "--name", "f"], r"fifo.csv' is a FIFO", {}),
     ("pipeline-fraction-nan", ["pipeline", "data.valid_fraction=nan"], r"data.valid_fraction=nan must be a number in \[0, 1\)", {}),
     ("pipeline-retry-inf", ["pipeline", "pipeline.retry_delay_seconds=inf"], r"pipeline.retry_delay_seconds=inf must be a finite", {}),
+    ("pipeline-no-valid-split", ["pipeline", "data.valid_fraction=0"], r"data.valid_fraction=0 leaves no validation split", {}),
+    ("pipeline-no-test-split", ["pipeline", "data.test_fraction=0"], r"evaluate.split='test' but data.test_fraction=0", {}),
     # --- datasets, models, serve, reproduce
     ("datasets-name-traversal", ["datasets", "show", "../.."], r"invalid dataset name '../..'", {}),
     ("datasets-version-traversal", ["datasets", "show", "digits", "--version", "../.."], r"invalid dataset version '../..'", {}),
