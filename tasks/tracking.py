@@ -48,6 +48,7 @@ MODEL_ARTIFACT = "model"
 SAVED_MODEL_KEY = "saved_model"
 PLOTS_ARTIFACT = "plots"
 LOCK_SUFFIX = ".gate-lock"
+MODEL_ROOT_FILE = ".model-root"  # in a downloaded model's folder: where its MLmodel file sits
 # Bounded retries for a tracking server (MLflow's defaults wait ~4 minutes before giving up).
 HTTP_RETRY_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
@@ -591,14 +592,17 @@ def resolve_model(uri: str, dst_dir: str | None = None) -> ResolvedModel:
     source = f"models:/{mv.name}/{mv.version}" if mv else uri
 
     def download(folder: str) -> None:
-        mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=folder)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=folder)
+        # runs:/ID/model lands in folder/model: remember where the MLmodel file is
+        Path(folder, MODEL_ROOT_FILE).write_text(os.path.relpath(local, folder))
 
     try:
         if dst_dir is not None:
             download(dst_dir)
-            local = dst_dir
+            entry = dst_dir
         else:
-            local = model_cache.get(_cache_key(uri, kind, mv), download)
+            entry = model_cache.get(_cache_key(uri, kind, mv), download)
+        local = os.path.normpath(os.path.join(entry, Path(entry, MODEL_ROOT_FILE).read_text()))
     except MlflowException as exc:
         if unreachable(exc):
             raise

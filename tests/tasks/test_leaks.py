@@ -41,7 +41,7 @@ def registry(tmp_path_factory):
         logged = tracking.log_pyfunc_model(run_id, saved, np.zeros((2, 64), np.float32))
         tracking.register_model(logged, "aevb-digits", run_id)
         tracking.set_alias("aevb-digits", "champion", 1)
-        yield {"root": root, "mlflow": str(tmp / "mlflow"), "tmp": tmp}
+        yield {"root": root, "mlflow": str(tmp / "mlflow"), "tmp": tmp, "run_id": run_id}
 
 
 @pytest.fixture()
@@ -98,6 +98,22 @@ def test_tmpdir_is_empty_after_the_processes_exit(registry, tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
     assert list(tmpdir.iterdir()) == []
     assert len(_entries(tmp_path / "cache")) == 1
+
+
+def test_run_and_version_uris_resolve_through_the_cache(registry, private):
+    from models.saved import read_config
+    from tasks.tracking import resolve_model
+
+    by_run = resolve_model(f"runs:/{registry['run_id']}/model")
+    by_version = resolve_model("models:/aevb-digits/1")
+    for resolved in (by_run, by_version):
+        assert read_config(resolved.saved_model_dir)[0].latent_dim == 2
+        assert resolved.saved_model_dir.startswith(str(private["cache"]))
+    assert by_run.run_id == by_version.run_id == registry["run_id"] and by_version.version == 1
+    assert sorted(n.split("-")[0] for n in _entries(private["cache"])) == ["aevb", "run"]
+    assert (
+        resolve_model("models:/aevb-digits@champion").saved_model_dir == by_version.saved_model_dir
+    )
 
 
 def test_an_error_found_before_the_download_downloads_nothing(registry, private, capsys):
