@@ -346,8 +346,9 @@ def parse_reproduce_overrides(items: list[str]) -> dict[str, Any]:
         values = value if isinstance(value, tuple) else (value,)
         numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if any(not math.isfinite(v) or v <= 0 for v in numbers):
-            shown = list(value) if isinstance(value, tuple) else value
-            raise ConfigError(
-                f"reproduce override {key}={shown!r}: values must be finite numbers > 0"
-            )
+            if isinstance(value, tuple):
+                raise ConfigError(
+                    f"reproduce override {key}={list(value)!r}: values must be > 0 (and finite)"
+                )
+            raise ConfigError(f"reproduce override {key}={value!r} must be > 0 (and finite)")
     return out
