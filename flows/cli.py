@@ -3,17 +3,26 @@
 Exit codes (docs/design.md): 0 success; 2 with a one-line message for user errors (`PipelineError`, bad
 arguments); 1 with a traceback for internal errors. Heavy imports (Prefect, TF, MLflow) happen only
 inside the verb that needs them, so `aevb --help` is quick.
+
+Order of work for a verb (`main`): parse the arguments (a bad one is one line, no usage dump), check
+the environment settings, run the verb's ``check(args)`` (its settings, then data, then stores:
+nothing is written and no server is started before it passes), start Prefect's temporary API
+server if the verb runs flows and no PREFECT_API_URL is set (flows/prefect_api.py: it dies with
+this process, however the process dies), run the verb, then stop the server and release the
+downloaded models this command held (tasks/model_cache.py), on success and on error alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import re
 import sys
 from collections.abc import Callable
+from typing import Any
 
 # Offline machine, and nobody wants telemetry from a batch job: set before prefect/mlflow import.
 for _k, _v in {
@@ -51,21 +60,43 @@ def version() -> str:
         return "0+unknown"
 
 
+def _error_names() -> tuple[str, ...]:
+    from models.errors import PipelineError
+
+    found, todo = [], [PipelineError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return tuple(found)
+
+
 class _DropPipelineErrorTracebacks(logging.Filter):
-    """Prefect logs a traceback for every failed task; for user errors the CLI's one line is enough."""
+    """Prefect logs a user error up to four times (task failed, task state, flow exception, flow
+    state), with tracebacks; on the console the CLI's one line is enough. The records still reach
+    Prefect's API log handler, so the UI keeps them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         from models.errors import PipelineError
 
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, PipelineError)
+        if isinstance(exc, PipelineError):
+            return False
+        if not record.name.startswith("prefect"):
+            return True
+        message = record.getMessage()
+        return not any(f"{n}(" in message or f"{n}: " in message for n in _error_names())
+
+
+_DROP = _DropPipelineErrorTracebacks()
 
 
 def _quiet_user_error_tracebacks() -> None:
     """Attach the filter to every handler Prefect configured (filters on loggers miss propagation)."""
-    import prefect  # noqa: F401  (configures Prefect's logging)
+    from prefect.logging.configuration import ensure_logging_setup
 
-    drop = _DropPipelineErrorTracebacks()
+    ensure_logging_setup()  # `import prefect` alone does not configure its handlers
+    drop = _DROP
     names = [
         n for n in logging.Logger.manager.loggerDict if n == "prefect" or n.startswith("prefect.")
     ]
@@ -106,8 +137,15 @@ def _verb_parser(parser: argparse.ArgumentParser, verb: str) -> argparse.Argumen
     return None
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors in one line, `aevb <verb>: error: ...` (no usage dump), exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="aevb",
         description="Auto-Encoding Variational Bayes pipeline "
         "(Kingma & Welling, 2013): ingest, train, evaluate, register, export, restore, reproduce.",
@@ -130,14 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
     if overrides:
         args.overrides = list(args.overrides or []) + overrides
-    _quiet_user_error_tracebacks()
     from models.errors import PipelineError
 
-    func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return int(func(args) or 0)
+        return run_verb(args)
     except PipelineError as exc:
         message = parameters_as_flags(str(exc), _verb_parser(parser, args.verb))
+        message = " ".join(message.split())  # one line, whatever a library put in it
         print(f"aevb {args.verb}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -146,6 +183,32 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except BrokenPipeError:  # `aevb datasets list | head -1`
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def run_verb(args: argparse.Namespace) -> int:
+    """Check, then (with a temporary Prefect API if the verb runs flows) run; always clean up."""
+    from flows.config_sources import check_environment
+    from flows.prefect_api import serving
+
+    check_environment()
+    check: Callable[[argparse.Namespace], Any] | None = getattr(args, "check", None)
+    func: Callable[[argparse.Namespace, Any], int] = args.func
+    try:
+        checked = check(args) if check is not None else None
+        runs_flows = bool(getattr(args, "runs_flows", False))
+        with serving(runs_flows):
+            if runs_flows:
+                _quiet_user_error_tracebacks()
+            return int(func(args, checked) or 0)
+    finally:
+        if "tasks.model_cache" in sys.modules:
+            from tasks import model_cache
+
+            model_cache.release_all()
 
 
 if __name__ == "__main__":

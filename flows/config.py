@@ -18,12 +18,14 @@ fields of `tasks.reproduce.settings.ReproduceSettings`, tuples as comma lists).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import sys
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from flows.config_sources import read_config_file
 from models import constants as C
 from models.config import ModelConfig, TrainConfig, preset_overrides
 from models.errors import ConfigError
@@ -40,6 +42,13 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 def _check_int(name: str, value: Any, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
+
+
+def _check_float(name: str, value: Any, low: float) -> None:
+    """A finite number >= ``low`` (NaN and infinity are refused: they pass every comparison)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or (isinstance(value, float) and not math.isfinite(value)) or value < low:
+        raise ConfigError(f"{name}={value!r} must be a finite number >= {low:g}")
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,9 @@ class DataSection:
                 f"data.options={self.options!r} must be a table of reader options, e.g. "
                 '{id_column = "id", label_column = "label"} (see `aevb ingest --help`)'
             )
+        from tasks.sources import check_options
+
+        check_options(self.options, "data.options.")
         if self.shards and self.name is None:
             raise ConfigError("data.shards needs data.name: the dataset the shards become")
         if not isinstance(self.source, str) or not self.source.strip():
@@ -180,9 +192,7 @@ class PipelineSection:
                 f"pipeline.retrain_on_unchanged={self.retrain_on_unchanged!r} must be true or false"
             )
         for f, low in (("lock_timeout_seconds", 1.0), ("retry_delay_seconds", 0.0)):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < low:
-                raise ConfigError(f"pipeline.{f}={v!r} must be a number >= {low:g}")
+            _check_float(f"pipeline.{f}", getattr(self, f), low)
         _check_int("pipeline.retries", self.retries, 0)
         _check_int("pipeline.workers", self.workers, 0)
         if not isinstance(self.dask_address, str):
@@ -248,19 +258,8 @@ def load_config(
     path: str | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> PipelineConfig:
     """Defaults <- preset <- TOML file <- `key=value` overrides, every field validated."""
-    raw: dict[str, Any] = {}
-    where = "the config"
-    if path:
-        where = f"--config {path}"
-        try:
-            with open(path, "rb") as fh:
-                raw = tomllib.load(fh)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"--config {path}: file not found") from exc
-        except IsADirectoryError as exc:
-            raise ConfigError(f"--config {path}: is a folder, expected a TOML file") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"--config {path}: not valid TOML ({exc})") from exc
+    raw: dict[str, Any] = read_config_file(path) if path else {}
+    where = f"--config {path}" if path else "the config"
     for item in overrides:
         if item.split("=", 1)[0].strip() == "preset":
             raw["preset"] = _parse_value(item.split("=", 1)[1])
@@ -344,8 +343,12 @@ def parse_reproduce_overrides(items: list[str]) -> dict[str, Any]:
             )
         out[key] = _convert_typed(key, value.strip(), types[key])
     for key, value in out.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
-            raise ConfigError(f"reproduce override {key}={value!r} must be > 0")
-        if isinstance(value, tuple) and any(v <= 0 for v in value):
-            raise ConfigError(f"reproduce override {key}={list(value)!r}: values must be > 0")
+        values = value if isinstance(value, tuple) else (value,)
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if any(not math.isfinite(v) or v <= 0 for v in numbers):
+            if isinstance(value, tuple):
+                raise ConfigError(
+                    f"reproduce override {key}={list(value)!r}: values must be > 0 (and finite)"
+                )
+            raise ConfigError(f"reproduce override {key}={value!r} must be > 0 (and finite)")
     return out

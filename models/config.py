@@ -14,6 +14,7 @@ the field, the value and what is allowed. Presets (`PRESETS`, applied on top of 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -47,6 +48,8 @@ def _check_positive(
         raise ConfigError(f"{name}={value!r} must be an integer")
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise ConfigError(f"{name}={value!r} must be a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name}={value!r} must be a finite number (not NaN or infinity)")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
 

@@ -171,7 +171,7 @@ def export_latents(
         "samples": samples,
         "sample_seed": seed if samples else None,
     }
-    publish.recover(final)
+    publish.sweep(final)  # a stranded previous table back; stages of killed exports gone
     existing = tables.read_manifest(final)
     if existing and {k: existing.get(k) for k in KEY_FIELDS} == key:
         logger().info("export: %s already holds this model and dataset version", final)

@@ -28,9 +28,10 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 
-from models.constants import COL_ID, COL_LABEL, COL_X, SPLITS, TEST, TRAIN, VALID
+from models.constants import COL_ID, COL_LABEL, COL_X, SPLITS, TEST, TRAIN
 from models.errors import ConfigError, DatasetError
 from tasks.sources import SourceData, content_sha256, load_source
+from tasks.splits import assign_splits, check_fractions, check_split_sizes
 from tasks.store import datasets, fs, publish, tables
 from tasks.store.writer import ContentHasher, DatasetWriter, IngestResult, as_labels, check_chunk
 
@@ -44,36 +45,6 @@ def default_name(source: str) -> str:
         stem = stem.removesuffix(ext)
     stem = re.sub(r"[^a-z0-9._-]+", "-", stem).strip("-._")[:64]
     return datasets.validate_name(stem or "dataset")
-
-
-def check_fractions(valid_fraction: float, test_fraction: float) -> None:
-    for field, value in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-            raise ConfigError(f"{field}={value!r} must be a number in [0, 1)")
-    if valid_fraction + test_fraction >= 1.0:
-        raise ConfigError(
-            f"valid_fraction + test_fraction = {valid_fraction + test_fraction:g} leaves no "
-            "training rows; make their sum < 1"
-        )
-
-
-def assign_splits(
-    n: int, fixed: np.ndarray | None, seed: int, valid_fraction: float, test_fraction: float
-) -> dict[str, np.ndarray]:
-    """Row indices per split, each in a seeded random order (that order is the stored order).
-
-    Rows the source marks "test" (IDX t10k files) stay test; the rest are divided by the fractions.
-    """
-    check_fractions(valid_fraction, test_fraction)
-    perm = np.random.default_rng(seed).permutation(n)
-    if fixed is None:
-        n_test = round(n * test_fraction)
-        test, pool = perm[:n_test], perm[n_test:]
-        n_valid = round(n * valid_fraction)
-    else:
-        test, pool = perm[fixed[perm] == TEST], perm[fixed[perm] != TEST]
-        n_valid = round(len(pool) * valid_fraction)
-    return {TRAIN: pool[n_valid:], VALID: pool[:n_valid], TEST: test}
 
 
 def _chunks(data: SourceData, rows: np.ndarray, size: int):
@@ -96,6 +67,8 @@ def write_source(
 ) -> IngestResult:
     """Split ``data`` and write it; a no-op (nothing written) if that content is already stored."""
     root = datasets.resolve_data_root(data_root)
+    n_fixed = None if data.fixed_split is None else int((data.fixed_split == TEST).sum())
+    check_split_sizes(data.uri, len(data.x), n_fixed, valid_fraction, test_fraction)
     splits = assign_splits(len(data.x), data.fixed_split, split_seed, valid_fraction, test_fraction)
     source = {**data.source_record(), "cache_key": cache_key}
     spec = dict(
@@ -116,6 +89,7 @@ def write_source(
     path = datasets.version_dir(root, name, version)
     if datasets.is_complete(root, name, version):
         datasets.set_current(root, name, version)  # writes nothing when it is current already
+        publish.sweep_all(datasets.dataset_dir(root, name))  # stages of killed ingests
         return IngestResult(name, version, path, created=False)
     with DatasetWriter(root, name, **spec, version=version) as writer:
         for split in SPLITS:

@@ -32,7 +32,7 @@ from models.errors import ConfigError, ModelError
 from tasks import tracking
 from tasks.logs import logger
 from tasks.restore_plan import METHODS, RestoreSettings, build_spec, plan
-from tasks.store import datasets, fs, readers, tables
+from tasks.store import datasets, fs, publish, readers, tables
 from tasks.store.degradations import cli_kind
 
 QUANTITIES = ("psnr", "mse", "baseline_psnr", "baseline_mse")
@@ -108,6 +108,7 @@ def restore_dataset(
            "dataset_version": degraded.version}  # fmt: skip
     done = _published(final, key)
     if done:
+        publish.sweep(final)  # stages of killed restorations go even when nothing is to do
         logger().info("restore: %s already holds this restoration; nothing to do", final)
         return RestoreOutput.of(done, False, out)
     from models.restoration import Restorer
@@ -258,6 +259,7 @@ def decode_latents(
     resolved, vae = load_model(model_uri)
     name, mversion = model_key(resolved)
     dataset = manifest.get("dataset") or "table-" + hashlib.sha256(table.encode()).hexdigest()[:8]
+    datasets.validate_name(dataset)  # it names the output folder: never a path
     final = tables.restored_table_path(root, dataset, name, mversion, FROM_LATENTS)
     key = {
         "table": table,

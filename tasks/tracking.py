@@ -48,6 +48,7 @@ MODEL_ARTIFACT = "model"
 SAVED_MODEL_KEY = "saved_model"
 PLOTS_ARTIFACT = "plots"
 LOCK_SUFFIX = ".gate-lock"
+MODEL_ROOT_FILE = ".model-root"  # in a downloaded model's folder: where its MLmodel file sits
 # Bounded retries for a tracking server (MLflow's defaults wait ~4 minutes before giving up).
 HTTP_RETRY_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
@@ -506,29 +507,102 @@ class ResolvedModel:
     saved_model_dir: str
 
 
+_RUN_URI = re.compile(r"runs:/([0-9A-Za-z]{1,64})/(.+)")
+_LOGGED_URI = re.compile(r"models:/(m-[0-9A-Za-z]{1,64})")
+
+
+def parse_model_uri(uri: str) -> tuple[str, str, str]:
+    """(kind, a, b) of a model URI, checked for syntax only (no store is touched):
+    ("alias", name, alias) | ("version", name, number) | ("run", run_id, path) | ("logged", id, "").
+
+    ModelError otherwise: names and paths inside a URI never walk out of the registry
+    (no empty parts, no '..', no control characters)."""
+    bad = ModelError(
+        f"model_uri={uri!r}: use models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model "
+        "(e.g. models:/aevb-digits@champion)"
+    )
+    if not isinstance(uri, str) or any(ord(c) < 32 for c in uri):
+        raise bad
+    if m := _LOGGED_URI.fullmatch(uri):
+        return "logged", m.group(1), ""
+    if m := _RUN_URI.fullmatch(uri):
+        parts = m.group(2).split("/")
+        if any(p in ("", ".", "..") or "\\" in p for p in parts):
+            raise bad
+        return "run", m.group(1), m.group(2)
+    if not uri.startswith("models:/"):
+        raise bad
+    ref = uri[len("models:/") :]
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        kind = "alias"
+        ok = bool(re.fullmatch(r"[A-Za-z0-9_-]{1,255}", alias))
+    else:
+        name, _, alias = ref.rpartition("/")
+        kind, ok = "version", alias.isdigit() and int(alias) > 0
+    if not ok or not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise bad
+    return kind, name, alias
+
+
+@_guarded
+def find_model(uri: str) -> RegisteredVersion | None:
+    """The registered version a model URI names (None for run and logged-model URIs); ModelError
+    if the registry has no such name, alias or version. Downloads nothing."""
+    kind, name, ref = parse_model_uri(uri)
+    if kind in ("run", "logged"):
+        return None
+    found = get_alias(name, ref) if kind == "alias" else get_version(name, int(ref))
+    if found is None:
+        raise ModelError(
+            f"model_uri={uri!r}: no such registered model version in the MLflow store at "
+            f"{tracking_uri()}; list models with `aevb models list`"
+        )
+    return found
+
+
+def _cache_key(uri: str, kind: str, mv: RegisteredVersion | None) -> str:
+    """Readable and unique per store: ``<name>-v<N>-<hash>`` or ``<kind>-<hash>``."""
+    import hashlib
+
+    ident = [tracking_uri(), uri] if mv is None else [tracking_uri(), mv.name, str(mv.version),
+                                                      mv.run_id or "", mv.source or ""]  # fmt: skip
+    digest = hashlib.sha256("\0".join(ident).encode()).hexdigest()[:12]
+    if mv is None:
+        return f"{kind}-{digest}"
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", mv.name).lstrip(".")[:60] or "model"
+    return f"{safe}-v{mv.version}-{digest}"
+
+
 @_guarded
 def resolve_model(uri: str, dst_dir: str | None = None) -> ResolvedModel:
-    """Download a model (`models:/name@alias`, `models:/name/3`, `runs:/id/model`) to a local dir."""
-    name = version = run_id = None
-    c = client()
+    """A model (`models:/name@alias`, `models:/name/3`, `runs:/id/model`) as a local SavedModel.
+
+    Downloads go to the managed model cache (tasks/model_cache.py: keyed by model version,
+    bounded, reused across commands; nothing is left in TMPDIR), or into ``dst_dir`` if given.
+    The URI's syntax and the registry entry are checked before anything is downloaded.
+    """
+    from tasks import model_cache
+
+    kind, a, _ = parse_model_uri(uri)
+    mv = find_model(uri)
+    name, version = (mv.name, mv.version) if mv else (None, None)
+    run_id = mv.run_id if mv else (a if kind == "run" else None)
+    # An alias can move: download the version it named when looked up.
+    source = f"models:/{mv.name}/{mv.version}" if mv else uri
+
+    def download(folder: str) -> None:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=folder)
+        # runs:/ID/model lands in folder/model: remember where the MLmodel file is
+        Path(folder, MODEL_ROOT_FILE).write_text(os.path.relpath(local, folder))
+
     try:
-        if uri.startswith("models:/"):
-            ref = uri[len("models:/") :]
-            if "@" in ref:
-                name, alias = ref.split("@", 1)
-                mv = c.get_model_version_by_alias(name, alias)
-            elif "/" in ref:
-                name, num = ref.split("/", 1)
-                mv = c.get_model_version(name, num)
-            else:
-                mv = None
-            if mv is not None:
-                version, run_id = int(mv.version), mv.run_id
-        elif uri.startswith("runs:/"):
-            run_id = uri[len("runs:/") :].split("/", 1)[0]
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=dst_dir or tempfile.mkdtemp(prefix="aevb-model-")
-        )
+        if dst_dir is not None:
+            download(dst_dir)
+            entry = dst_dir
+        else:
+            entry = model_cache.get(_cache_key(uri, kind, mv), download)
+        local = os.path.normpath(os.path.join(entry, Path(entry, MODEL_ROOT_FILE).read_text()))
     except MlflowException as exc:
         if unreachable(exc):
             raise

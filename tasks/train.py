@@ -111,6 +111,7 @@ def plan_training(
     manifest = datasets.load_manifest(root, dataset, version)
     model = dataclasses.replace(model, feature_shape=tuple(manifest.feature_shape))
     datasets.check_model_inputs(manifest, model.likelihood)
+    datasets.check_trainable(manifest, train_config.batch_size)
     key = run_key(model, train_config, manifest.name, manifest.version)
     base = checkpoint_root or default_checkpoint_root(root)
     return _Plan(root, manifest, model, key, os.path.join(base, f"{manifest.name}-{key}"))

@@ -26,6 +26,7 @@ os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(_SESSION_TMP / "prefect-h
 # Never touch the repo's own stores from tests.
 os.environ["AEVB_DATA_ROOT"] = str(_SESSION_TMP / "data-default")
 os.environ["AEVB_MLFLOW_DIR"] = str(_SESSION_TMP / "mlflow-default")
+os.environ["AEVB_MODEL_CACHE"] = str(_SESSION_TMP / "model-cache")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 # Prefect binds its console log handler to whatever sys.stderr is when it first configures

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (float() alone takes 'nan' and 'inf')."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def data_root_arg(p: argparse.ArgumentParser) -> None:

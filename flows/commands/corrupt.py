@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from flows.commands.common import data_root_arg
+from flows.commands.common import data_root_arg, finite_float
+from models.errors import ConfigError
 
 # Spelled here so that building the parser imports no task module; a test asserts they equal
 # tasks.store.degradations.KINDS.
@@ -26,10 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", required=True, metavar=kinds)
     p.add_argument("--name", default=None, help="degraded dataset name (default DATASET-KIND)")
     p.add_argument("--version", default=None, help="clean dataset version (default: CURRENT)")
-    p.add_argument("--noise-std", type=float, default=0.2, help="denoise: Gaussian noise sigma")
+    p.add_argument(
+        "--noise-std", type=finite_float, default=0.2, help="denoise: Gaussian noise sigma"
+    )
     p.add_argument(
         "--amount",
-        type=float,
+        type=finite_float,
         default=None,
         help="salt-pepper: fraction of entries hit (default 0.1); inpaint: missing fraction (0.5)",
     )
@@ -37,18 +40,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block", type=int, default=0, help="inpaint: one BxB hole per image")
     p.add_argument("--seed", type=int, default=0)
     data_root_arg(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check, runs_flows=True)
 
 
-def run(args: argparse.Namespace) -> int:
-    from flows.stages import corrupt_flow
+def check(args: argparse.Namespace):
+    """Settings (kind, numbers, the new name), then the clean dataset, then whether the
+    degradation fits its shape; returns (kind, clean manifest, options)."""
     from tasks.store import datasets
     from tasks.store.degradations import degradation_kind, make_spec
 
     kind = degradation_kind(args.kind)
-    clean = datasets.load_manifest(args.data_root, args.dataset, args.version)
+    if args.noise_std <= 0:
+        raise ConfigError(f"--noise-std={args.noise_std:g} must be > 0")
+    if args.amount is not None and not 0 < args.amount < 1:
+        raise ConfigError(f"--amount={args.amount:g} must lie in (0, 1)")
+    for flag, value in (("--block", args.block), ("--seed", args.seed)):
+        if value < 0:
+            raise ConfigError(f"{flag}={value} must be an integer >= 0")
     if args.name is not None:
         datasets.validate_name(args.name)
+    clean = datasets.load_manifest(args.data_root, args.dataset, args.version)
+    if args.name is None:  # the default DATASET-KIND must be a valid name too
+        datasets.validate_name(f"{clean.name}-{args.kind}")
     make_spec(
         kind,
         clean.feature_shape,
@@ -65,6 +78,13 @@ def run(args: argparse.Namespace) -> int:
         "block": args.block,
         "seed": args.seed,
     }
+    return kind, clean, options
+
+
+def run(args: argparse.Namespace, checked) -> int:
+    from flows.stages import corrupt_flow
+
+    kind, clean, options = checked
     out = corrupt_flow(args.dataset, kind, args.name, args.data_root, clean.version, options)
     state = "new version" if out.created else "unchanged (already made; nothing written)"
     print(f"degraded dataset {out.name} version {out.version}: {state}\n  {out.path}")

@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--leapfrog-steps", type=int, default=None, help="ais/hmc: leapfrog steps")
     p.add_argument("--burnin", type=int, default=None, help="hmc: adapted burn-in steps")
     data_root_arg(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check, runs_flows=True)
 
 
 def estimator_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -89,14 +89,34 @@ def check_args(args: argparse.Namespace) -> dict[str, Any]:
     ):
         if value is not None and value < 1:
             raise ConfigError(f"{flag}={value} must be an integer >= 1")
+    if args.seed < 0:
+        raise ConfigError(f"--seed={args.seed} must be an integer >= 0")
     return estimator_options(args)
 
 
-def run(args: argparse.Namespace) -> int:
+def check(args: argparse.Namespace) -> dict[str, Any]:
+    """Arguments, then the dataset split (it exists and has rows), then the registry entry; no
+    download, no Prefect yet. Returns the AIS/HMC options."""
+    from models.errors import DatasetError
+    from tasks import tracking
+    from tasks.store import datasets
+
+    options = check_args(args)
+    tracking.parse_model_uri(args.model)
+    manifest = datasets.load_manifest(args.data_root, args.dataset, args.version)
+    if manifest.rows.get(args.split, 0) < 1:
+        raise DatasetError(
+            f"dataset {manifest.name!r} version {manifest.version} has no {args.split} rows; "
+            f"evaluate another split (--split) or re-ingest with a {args.split} fraction > 0"
+        )
+    tracking.find_model(args.model)
+    return options
+
+
+def run(args: argparse.Namespace, options: dict[str, Any]) -> int:
     from flows.stages import evaluate_flow
     from tasks.tracking import resolve_model
 
-    options = check_args(args)
     resolved = resolve_model(args.model)
     s = evaluate_flow(
         resolved.saved_model_dir,

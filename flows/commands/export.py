@@ -6,6 +6,7 @@ import argparse
 
 from flows.commands.common import comma_list, data_root_arg
 from models import constants as C
+from models.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,15 +35,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the z samples (default: 0)")
     data_root_arg(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check, runs_flows=True)
 
 
-def run(args: argparse.Namespace) -> int:
-    from flows.stages import export_flow
+def check(args: argparse.Namespace) -> tuple[str, ...]:
+    """Arguments, then the dataset version, then the registry entry (nothing downloaded yet);
+    returns the splits."""
+    from tasks import tracking
     from tasks.export import check_export_args
+    from tasks.store import datasets
 
     splits = comma_list(args.splits)
     check_export_args(splits, args.batch_size, args.samples)
+    if args.seed < 0:
+        raise ConfigError(f"--seed={args.seed} must be an integer >= 0")
+    tracking.parse_model_uri(args.model)
+    datasets.load_manifest(args.data_root, args.dataset, args.version)
+    tracking.find_model(args.model)
+    return splits
+
+
+def run(args: argparse.Namespace, splits: tuple[str, ...]) -> int:
+    from flows.stages import export_flow
+
     out = export_flow(
         args.model,
         args.dataset,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from flows.commands.common import data_root_arg
+from flows.commands.common import data_root_arg, finite_float
+from models.errors import ConfigError
 
 # Flag -> reader option (only set flags are passed on, so readers keep their defaults).
 SOURCE_FLAGS = (
@@ -40,19 +41,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--valid-fraction",
-        type=float,
+        type=finite_float,
         default=0.1,
         help="share of rows for validation (default 0.1)",
     )
     p.add_argument(
         "--test-fraction",
-        type=float,
+        type=finite_float,
         default=0.1,
         help="share of rows for test; IDX t10k files are the test split regardless (default 0.1)",
     )
     p.add_argument(
         "--scale",
-        type=float,
+        type=finite_float,
         help="model input = stored value * SCALE (default: 1/255 for whole numbers 0..255, else 1)",
     )
     p.add_argument(
@@ -88,18 +89,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="images: use each image's sub-folder name as its label",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check, runs_flows=True)
 
 
 def source_options(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in SOURCE_FLAGS if getattr(args, k, None) is not None}
 
 
-def run(args: argparse.Namespace) -> int:
-    from flows.stages import ingest_flow
-    from tasks.ingest import check_fractions
+def check(args: argparse.Namespace) -> dict:
+    """Settings (fractions, reader options, name), then the source's path, files and format;
+    returns the reader options. The data itself is read (and checked) inside the flow."""
+    from tasks.ingest import check_fractions, default_name
+    from tasks.sources import check_options, check_source
+    from tasks.store.datasets import validate_name
 
     check_fractions(args.valid_fraction, args.test_fraction)
+    if args.split_seed < 0:
+        raise ConfigError(f"--split-seed={args.split_seed} must be an integer >= 0")
+    options = source_options(args)
+    check_options(options)
+    if args.name is not None:
+        validate_name(args.name)
+    else:
+        default_name(args.source)  # a name must come out of the source's file name
+    check_source(args.source, options)
+    return options
+
+
+def run(args: argparse.Namespace, options: dict) -> int:
+    from flows.stages import ingest_flow
+
     result = ingest_flow(
         args.source,
         args.name,
@@ -107,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         args.split_seed,
         args.valid_fraction,
         args.test_fraction,
-        source_options(args),
+        options,
     )
     state = "new version" if result.created else "unchanged (already ingested; nothing written)"
     print(f"dataset {result.name} version {result.version}: {state}\n  {result.path}")

@@ -22,17 +22,46 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="dataset name (default: derived from the source)")
     data_root_arg(p)
     config_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check, runs_flows=True)
 
 
-def run(args: argparse.Namespace) -> int:
+def check(args: argparse.Namespace):
+    """Every setting, then the source (path, files, format, reader options); returns the config.
+    The data itself is read and checked by the ingest stage, before anything is written."""
+    from tasks.sources import check_source
+
+    take_misread_override(args)
+    extra = data_overrides(args.source, args.name, args.data_root)
+    config = pipeline_config(args, extra)
+    d = config.data
+    formats = {check_source(source, dict(d.options)) for source in d.shards or (d.source,)}
+    check_splits(config, fixed_test="idx" in formats)
+    return config
+
+
+def check_splits(config, fixed_test: bool) -> None:
+    """Splits the pipeline needs and the fractions would leave empty (IDX t10k files bring their
+    own test split): refused before anything is ingested."""
+    from models.errors import ConfigError
+
+    d, split = config.data, config.evaluate.split
+    if d.valid_fraction == 0:
+        raise ConfigError(
+            "data.valid_fraction=0 leaves no validation split, and the pipeline trains "
+            "(early stopping, the resume score): set it > 0, e.g. data.valid_fraction=0.1"
+        )
+    if split == "test" and d.test_fraction == 0 and not fixed_test:
+        raise ConfigError(
+            "evaluate.split='test' but data.test_fraction=0 leaves the test split empty: set "
+            "data.test_fraction > 0 or evaluate.split='valid'"
+        )
+
+
+def run(args: argparse.Namespace, config) -> int:
     from flows.pipeline import pipeline_flow, uses_default_runner, with_task_runner
     from flows.summary import format_summary
     from tasks.tracking import tracking_uri
 
-    take_misread_override(args)
-    extra = data_overrides(args.source, args.name, args.data_root)
-    config = pipeline_config(args, extra)  # validated before any work starts
     runner = (
         pipeline_flow if uses_default_runner(config) else with_task_runner(pipeline_flow, config)
     )

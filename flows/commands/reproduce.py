@@ -53,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="settings overrides, e.g. fig2_latents=3,20 fig3_budgets=10000,50000",
     )
-    p.set_defaults(func=run, mode=None)
+    p.set_defaults(func=run, check=validate, runs_flows=True, mode=None)
 
 
 def validate(args: argparse.Namespace) -> dict[str, Any]:
@@ -103,8 +103,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    kwargs = validate(args)
+def run(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
     from flows.reproduce import reproduce_flow
 
     result = reproduce_flow(**kwargs)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from flows.commands.common import data_root_arg
+from flows.commands.common import data_root_arg, finite_float
 from flows.commands.corrupt import KINDS
 from models import constants as C
-from models.errors import ConfigError, ModelError
+from models.errors import ConfigError, DatasetError, ModelError
 
 # Spelled here so that building the parser imports no task module; a test asserts it equals
 # tasks.restore.METHODS.
@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask", default=None, help="inpaint: mask dataset (1 = observed)")
     p.add_argument(
         "--noise-std",
-        type=float,
+        type=finite_float,
         default=None,
         help="denoise: noise sigma (default: recorded, else estimated); "
         "superres: observation sigma_y (default 0.05)",
@@ -59,60 +59,60 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--map-steps", type=int, default=200)
-    p.add_argument("--learning-rate", type=float, default=0.05)
+    p.add_argument("--learning-rate", type=finite_float, default=0.05)
     p.add_argument("--iterations", type=int, default=200, help="pseudo-gibbs/mwg chain length")
     p.add_argument("--burn-in", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-mlflow", action="store_true", help="do not log PSNR/MSE to the model run")
     data_root_arg(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check, runs_flows=True)
 
 
 def check_model(uri: str) -> None:
     """A registry name/alias or name/version that does not exist fails here, before any flow."""
     from tasks import tracking
 
-    if not uri.startswith("models:/"):
+    if not uri.startswith("models:/") or tracking.parse_model_uri(uri)[0] == "logged":
         raise ModelError(f"--model {uri}: use models:/NAME@ALIAS or models:/NAME/VERSION")
-    ref = uri[len("models:/") :]
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        found = tracking.get_alias(name, alias)
-    elif "/" in ref and ref.split("/", 1)[1].isdigit():
-        name, number = ref.split("/", 1)
-        found = tracking.get_version(name, int(number))
-    else:
-        raise ModelError(f"--model {uri}: use models:/NAME@ALIAS or models:/NAME/VERSION")
-    if found is None:
-        raise ModelError(
-            f"--model {uri}: no such registered model version in the MLflow store at "
-            f"{tracking.tracking_uri()}; list models with `aevb models list`"
-        )
+    tracking.find_model(uri)
 
 
-def run(args: argparse.Namespace) -> int:
-    from flows.stages import decode_latents_flow, restore_flow
+def check_latent_table(table: str) -> None:
+    """A local latent table (folder or file) holds regular files only, and the dataset name its
+    manifest records (it names the output folder) is a valid name."""
+    from tasks.sources.files import check_path
+    from tasks.store import fs, tables
+    from tasks.store.datasets import validate_name
+
+    if fs.is_local(table) and fs.exists(table):
+        check_path(table, "latent table")
+    _, manifest = tables.latent_parts(table)
+    if manifest.get("dataset") is not None:
+        try:
+            validate_name(manifest["dataset"])
+        except DatasetError as exc:
+            raise DatasetError(f"--from-latents {table}: its manifest's dataset: {exc}") from exc
+
+
+def check(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings, then the data (degraded, mask and clean datasets, or the latent table), then the
+    registry entry; before any flow. Returns what `run` needs."""
     from tasks.restore import RestoreSettings, plan
 
     if (args.dataset is None) == (args.from_latents is None):
         raise ConfigError("give exactly one of --dataset DEGRADED or --from-latents TABLE")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size={args.batch_size} must be >= 1")
     if args.from_latents is not None:
-        from tasks.store.tables import latent_parts
-
-        if args.batch_size < 1:
-            raise ConfigError(f"--batch-size={args.batch_size} must be >= 1")
-        latent_parts(args.from_latents)
+        check_latent_table(args.from_latents)
         check_model(args.model)
-        out = decode_latents_flow(args.model, args.from_latents, args.data_root, args.batch_size)
-        print(
-            f"decoded {out.rows} latent rows with {args.model}\n  {out.path}"
-            + ("" if out.created else " [already up to date]")
-        )
-        return 0
+        return {}
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
     bad = [s for s in splits if s not in C.SPLITS]
     if not splits or bad:
         raise ConfigError(f"--splits {args.splits!r}: choose from {', '.join(C.SPLITS)}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed={args.seed} must be an integer >= 0")
     settings = RestoreSettings(
         batch_size=args.batch_size,
         map_steps=args.map_steps,
@@ -125,14 +125,27 @@ def run(args: argparse.Namespace) -> int:
     )
     plan(args.dataset, args.method, args.data_root, args.version, args.kind, args.mask)
     check_model(args.model)
+    return {"splits": splits, "settings": settings}
+
+
+def run(args: argparse.Namespace, checked: dict[str, Any]) -> int:
+    from flows.stages import decode_latents_flow, restore_flow
+
+    if args.from_latents is not None:
+        out = decode_latents_flow(args.model, args.from_latents, args.data_root, args.batch_size)
+        print(
+            f"decoded {out.rows} latent rows with {args.model}\n  {out.path}"
+            + ("" if out.created else " [already up to date]")
+        )
+        return 0
     out = restore_flow(
         args.model,
         args.dataset,
         args.method,
         args.data_root,
         args.version,
-        splits,
-        settings,
+        checked["splits"],
+        checked["settings"],
         args.kind,
         args.mask,
         not args.no_mlflow,

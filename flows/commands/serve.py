@@ -11,6 +11,7 @@ from flows.commands.common import (
     config_args,
     data_overrides,
     data_root_arg,
+    finite_float,
     take_misread_override,
 )
 
@@ -26,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     when = p.add_mutually_exclusive_group(required=True)
     when.add_argument("--cron", help='cron expression, e.g. "0 3 * * *" (03:00 every day)')
-    when.add_argument("--interval", type=float, help="run every SECONDS seconds")
+    when.add_argument("--interval", type=finite_float, help="run every SECONDS seconds")
     p.add_argument("--timezone", default="UTC", help="IANA time zone of the cron (default UTC)")
     p.add_argument("--name", default=DEFAULT_DEPLOYMENT, help="deployment name")
     p.add_argument(
@@ -56,7 +57,7 @@ def parameters(args: argparse.Namespace) -> dict:
     return deployment_parameters(args.config, overrides)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, checked: None = None) -> int:
     from flows.serve import build_deployment, check_server, make_schedule
 
     params = parameters(args)

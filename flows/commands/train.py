@@ -18,17 +18,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     data_root_arg(p)
     config_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check, runs_flows=True)
 
 
-def run(args: argparse.Namespace) -> int:
-    from flows.stages import train_flow
-    from tasks.store.datasets import check_model_inputs, load_manifest, resolve_data_root
+def check(args: argparse.Namespace):
+    """The config (every setting), then the dataset: it exists, fits the likelihood and is big
+    enough (one batch, a validation row). Before Prefect or TF start; returns (config, root)."""
+    from tasks.store.datasets import (
+        check_model_inputs,
+        check_trainable,
+        load_manifest,
+        resolve_data_root,
+    )
 
     config = pipeline_config(args)
     root = resolve_data_root(args.data_root)
-    # Validate at the boundary, before Prefect or TF start: missing dataset, wrong value range.
-    check_model_inputs(load_manifest(root, args.dataset, args.version), config.model.likelihood)
+    manifest = load_manifest(root, args.dataset, args.version)
+    check_model_inputs(manifest, config.model.likelihood)
+    check_trainable(manifest, config.train.batch_size)
+    return config, root
+
+
+def run(args: argparse.Namespace, checked) -> int:
+    from flows.stages import train_flow
+
+    config, root = checked
     out = train_flow(args.dataset, config, root, args.version, force=args.force)
     print(
         f"trained {out.dataset}@{out.dataset_version[:12]}: best valid ELBO {out.best_valid_elbo:.3f} "

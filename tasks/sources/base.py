@@ -73,9 +73,10 @@ def sha256_files(paths: list[str]) -> str:
 
 
 def require_file(path: str, what: str) -> str:
-    if not os.path.exists(path):
-        raise DatasetError(f"{what} {path!r} does not exist; check the path")
-    return path
+    """``path`` if it is a regular, readable file (no FIFO, socket or device); DatasetError."""
+    from tasks.sources.files import check_file
+
+    return check_file(path, what)
 
 
 def finish(

@@ -19,6 +19,7 @@ import numpy as np
 
 from models.errors import DatasetError
 from tasks.sources.base import SourceData, finish, require_file
+from tasks.sources.files import check_folder
 
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IMAGES_RE = re.compile(r"^(?P<prefix>.+?)[-_.]images?[-_.]idx\d[-_.]ubyte(\.gz)?$", re.IGNORECASE)
@@ -61,6 +62,42 @@ def read_idx(path: str) -> np.ndarray:
     return arr.astype(dtype.newbyteorder("="), copy=False)
 
 
+def header_dims(path: str) -> tuple[int, ...] | None:
+    """The shape an uncompressed IDX file's header declares, checked against the file's size
+    without reading the payload (cheap: the CLI calls it before a flow starts); None for gzip."""
+    with open(require_file(path, "IDX file"), "rb") as fh:
+        head = fh.read(4 + 4 * 255)
+    if head[:2] == b"\x1f\x8b":
+        return None
+    if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_DTYPES or head[3] == 0:
+        read_idx(path)  # raises the full message
+    ndim = head[3]
+    if len(head) < 4 + 4 * ndim:
+        read_idx(path)
+    dims = struct.unpack(f">{ndim}I", head[4 : 4 + 4 * ndim])
+    expected = math.prod(dims) * np.dtype(IDX_DTYPES[head[2]]).itemsize
+    if os.path.getsize(path) - 4 - 4 * ndim != expected:
+        read_idx(path)
+    return dims
+
+
+def check_pairs(path: str, labels_file: str | None = None) -> None:
+    """Header-only checks of an IDX source (magic, sizes, label counts) before it is read."""
+    if os.path.isdir(path):
+        found = sorted(f for f in check_folder(path) if "/" not in f and IMAGES_RE.match(f))
+        pairs = [(os.path.join(path, f), _labels_path(os.path.join(path, f))) for f in found]
+    else:
+        pairs = [(path, labels_file or _labels_path(path))]
+    for images, labels in pairs:
+        x = header_dims(images)
+        y = header_dims(labels) if labels else None
+        if x is not None and y is not None and (len(y) != 1 or y[0] != x[0]):
+            raise DatasetError(
+                f"{labels}: {y[0]} labels (shape {list(y)}) for {x[0]} images in {images}; "
+                "pair each images file with its own labels file"
+            )
+
+
 def _labels_path(images: str) -> str | None:
     folder, name = os.path.split(images)
     candidate = re.sub(r"images?([-_.])idx\d", r"labels\1idx1", name, flags=re.IGNORECASE)
@@ -96,7 +133,7 @@ def load_idx_source(
 ) -> SourceData:
     """A folder of IDX image/label pairs (train + t10k keep their split) or one images file."""
     if os.path.isdir(path):
-        found = sorted(f for f in os.listdir(path) if IMAGES_RE.match(f))
+        found = sorted(f for f in check_folder(path) if "/" not in f and IMAGES_RE.match(f))
         if not found:
             raise DatasetError(
                 f"{path}: no IDX images files (<prefix>-images-idx3-ubyte[.gz]) in this folder"

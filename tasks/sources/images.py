@@ -13,20 +13,16 @@ from PIL import Image, UnidentifiedImageError
 
 from models.errors import DatasetError
 from tasks.sources.base import SourceData, finish
+from tasks.sources.files import check_folder
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
 def image_files(folder: str) -> list[str]:
-    """Relative paths of the images under ``folder`` (sorted, hidden entries skipped)."""
-    found = []
-    for here, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in names:
-            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
-                found.append(os.path.relpath(os.path.join(here, name), folder).replace(os.sep, "/"))
-    return sorted(found)
+    """Relative paths of the images under ``folder`` (sorted, hidden entries skipped); every
+    file of the folder is checked first (tasks/sources/files.py: no special files, no links out)."""
+    return [rel for rel in check_folder(folder) if rel.lower().endswith(IMAGE_EXTENSIONS)]
 
 
 def _open(folder: str, rel: str) -> Image.Image:
@@ -34,8 +30,12 @@ def _open(folder: str, rel: str) -> Image.Image:
     try:
         img = Image.open(path)
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"{path}: unreadable image ({exc}); replace or remove the file") from exc
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(
+            f"{path}: refused, the image is too large to decode safely ({exc}); resize it first"
+        ) from exc
     return img
 
 

@@ -6,9 +6,11 @@ optional label column may hold integers or strings (strings become codes 0..K-1,
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import zipfile
+import zlib
 
 import numpy as np
 import pyarrow as pa
@@ -18,11 +20,43 @@ import pyarrow.parquet as pq
 
 from models.errors import DatasetError
 from tasks.sources.base import SourceData, finish, require_file
+from tasks.sources.files import check_path
+
+_TEXT_PROBE = 1 << 16  # bytes checked for binary data before pyarrow parses the file
+_CSV_ERRORS = (
+    pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, UnicodeDecodeError,
+    OSError, EOFError, zlib.error,
+)  # fmt: skip
+
+
+def check_text(path: str) -> None:
+    """DatasetError unless the file starts as UTF-8 text (a CSV of binary garbage, or another
+    encoding, is refused before pyarrow sees it)."""
+    try:
+        if path.endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(_TEXT_PROBE)
+        else:
+            with open(path, "rb") as fh:
+                head = fh.read(_TEXT_PROBE)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DatasetError(f"{path}: unreadable ({exc}); re-copy the file") from exc
+    where = head.find(b"\0")
+    if where < 0:
+        try:  # an incomplete character at the end of the probe is fine (final=False)
+            codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        except UnicodeDecodeError as exc:
+            where = exc.start
+    if where >= 0:
+        raise DatasetError(
+            f"{path}: not UTF-8 text (binary data or another encoding at byte {where}); CSV "
+            "sources must be UTF-8 text: check the path, or convert it (iconv -t UTF-8)"
+        )
 
 
 def _first_ragged_line(path: str) -> str:
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", newline="") as fh:
+    with opener(path, "rt", newline="", errors="replace") as fh:
         rows = csv.reader(fh)
         width = len(next(rows, []))
         for line, row in enumerate(rows, start=2):
@@ -119,11 +153,12 @@ def load_csv_source(
 ) -> SourceData:
     """CSV with a header row; features = ``feature_columns`` or every other column."""
     require_file(path, "CSV file")
+    check_text(path)
     try:
         table = pacsv.read_csv(
             path, convert_options=pacsv.ConvertOptions(strings_can_be_null=True, null_values=[""])
         )
-    except pa.ArrowInvalid as exc:
+    except _CSV_ERRORS as exc:
         if "Empty CSV" in str(exc):
             raise DatasetError(
                 f"{path}: input is empty (no header, no rows); nothing to ingest"
@@ -132,7 +167,8 @@ def load_csv_source(
             raise DatasetError(
                 f"{path}: ragged CSV: {_first_ragged_line(path)}; fix that row"
             ) from exc
-        raise DatasetError(f"{path}: unreadable CSV ({str(exc).splitlines()[0]})") from exc
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DatasetError(f"{path}: unreadable CSV ({first}); check the file") from exc
     named = [c for c in (id_column, label_column, *(feature_columns or [])) if c]
     _require_columns(path, table, named)
     if table.num_rows == 0:
@@ -223,9 +259,10 @@ def load_parquet_source(
     Columns named ``id``, ``label`` and a list column ``x`` are used by default when present, so an
     exported split of another dataset re-ingests as is.
     """
+    check_path(path, "Parquet source")
     try:
         table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise DatasetError(f"{path}: unreadable Parquet ({str(exc).splitlines()[0]})") from exc
     named = [c for c in (x_column, id_column, label_column, *(feature_columns or [])) if c]
     _require_columns(path, table, named)

@@ -237,3 +237,21 @@ def check_model_inputs(manifest: DatasetManifest, likelihood: str) -> None:
             f"but likelihood {likelihood!r} needs values in [0, 1]; re-ingest with a scale that "
             "maps the data into [0, 1] or train with model.likelihood='gaussian'"
         )
+
+
+def check_trainable(manifest: DatasetManifest, batch_size: int) -> None:
+    """DatasetError when the dataset is too small to train on: one full batch of train rows
+    (``train.batch_size``) and at least one validation row (early stopping, the resume score)."""
+    where = f"dataset {manifest.name!r} version {manifest.version}"
+    n_train, n_valid = manifest.rows.get("train", 0), manifest.rows.get("valid", 0)
+    if n_train < batch_size:
+        raise DatasetError(
+            f"{where} has {n_train} train rows, fewer than one batch "
+            f"(train.batch_size={batch_size}): training needs at least {batch_size}; lower "
+            "train.batch_size or ingest more rows"
+        )
+    if n_valid < 1:
+        raise DatasetError(
+            f"{where} has an empty valid split; training needs at least 1 validation row: "
+            "re-ingest with a valid fraction > 0 (e.g. --valid-fraction 0.1) and enough rows"
+        )

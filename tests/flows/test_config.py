@@ -103,7 +103,10 @@ def test_override_values_are_parsed_as_toml(item, expected):
         (["export.splits=test"], r"export.splits='test' must be a list"),
         (["register.model_name=a b"], r"register.model_name='a b'"),
         (["pipeline.retrain_on_unchanged=1"], r"retrain_on_unchanged=1 must be true or false"),
-        (["pipeline.lock_timeout_seconds=0"], r"lock_timeout_seconds=0 must be a number >= 1"),
+        (
+            ["pipeline.lock_timeout_seconds=0"],
+            r"lock_timeout_seconds=0 must be a finite number >= 1",
+        ),
         (["pipeline.retries=-1"], r"pipeline.retries=-1 must be an integer >= 0"),
         (["pipeline.task_runner=ray"], r"task_runner='ray' is not allowed; choose one of threads"),
         (

@@ -157,9 +157,10 @@ def test_shards_stored_differently_are_refused(prefect_harness, tmp_path) -> Non
     paths = [str(tmp_path / "p0.csv"), str(tmp_path / "p1.csv")]
     with pytest.raises(DatasetError, match=r"p1.csv' has storage_dtype='float32' but .*'uint8'"):
         run(paths, "mixed", str(tmp_path / "r"), OPTIONS)
-    ok = run(
-        paths, "mixed", str(tmp_path / "r"), {**OPTIONS, "storage_dtype": "float32", "scale": 1.0}
-    )
+    agreed = {**OPTIONS, "storage_dtype": "float32", "scale": 1.0}
+    # 4 rows: fractions of 1/4 give each split a row (0.1 would leave valid and test empty)
+    ok = run(paths, "mixed", str(tmp_path / "r"), {**agreed, "valid_fraction": 0.25,
+                                                    "test_fraction": 0.25})  # fmt: skip
     assert ok.created
 
 

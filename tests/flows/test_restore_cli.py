@@ -86,7 +86,7 @@ def test_restore_from_latents(aevb, env, capsys):
         (["restore", "--model", "{uri}", "--dataset", "digits", "--kind", "denoise",
           "--iterations", "0"], "--iterations=0 must be >= 1"),
         (["restore", "--model", "models:/nope@champion", "--dataset", "digits", "--kind",
-          "denoise"], "--model models:/nope@champion: no such registered model"),
+          "denoise"], "--model='models:/nope@champion': no such registered model"),
         (["restore", "--model", "{uri}", "--from-latents", "/no/such/table"],
          "latent table /no/such/table: not found"),
     ],

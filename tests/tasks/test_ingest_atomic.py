@@ -75,7 +75,7 @@ def test_sigkill_at_an_arbitrary_moment(tmp_path) -> None:
     base = os.path.join(root, "datasets", "d")
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
-        if any(e.startswith(".staging-") for e in os.listdir(base)):
+        if any(".staging-" in e for e in os.listdir(base)):  # .incoming.staging-<owner>
             break
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)

@@ -31,7 +31,10 @@ def s3_root():
             mp.setenv(key, value)
         mp.delenv("AWS_PROFILE", raising=False)
         s3fs.S3FileSystem.clear_instance_cache()
-        s3fs.S3FileSystem().mkdir("aevb-test")
+        # moto keeps its buckets in process memory across servers: other modules that import this
+        # fixture may have made the bucket already (they write under their own prefixes)
+        if not s3fs.S3FileSystem().exists("aevb-test"):
+            s3fs.S3FileSystem().mkdir("aevb-test")
         yield "s3://aevb-test/team/data"
         s3fs.S3FileSystem.clear_instance_cache()
     server.stop()
