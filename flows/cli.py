@@ -36,6 +36,7 @@ VERBS = (
     "corrupt",
     "restore",
     "pipeline",
+    "lock",
     "serve",
     "reproduce",
 )

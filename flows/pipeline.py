@@ -20,16 +20,13 @@ operator can rely on:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from prefect import flow, get_run_logger
 
 from flows.config import PipelineConfig, load_config
 from flows.stages import run_ingest_task
 from flows.summary import Outcome, PipelineSummary, publish_artifact
-from models.errors import PipelineError
-from tasks import tracking
+from tasks import locks, tracking
 from tasks.evaluate import evaluate_task
 from tasks.export import encode_part_task, export_latents
 from tasks.ingest import ingest, ingest_task, stage_shard_task
@@ -40,50 +37,10 @@ from tasks.store.tables import latent_table_path
 from tasks.store.writer import IngestResult
 from tasks.train import TrainOutput, train_task
 
-LOCK_PREFIX = "aevb-train-"
 
-
-def lock_name(model_name: str) -> str:
-    return LOCK_PREFIX + model_name
-
-
-@contextmanager
-def model_lock(model_name: str, timeout_seconds: float) -> Iterator[float]:
-    """Hold the 1-slot global concurrency limit of ``model_name``; yields the seconds waited.
-
-    The limit is created (limit 1) on first use, so it exists on whichever Prefect API the run
-    talks to. Waiting longer than ``timeout_seconds`` raises PipelineError. A crashed holder's
-    slot is freed when its lease expires (5 minutes).
-    """
-    from prefect.client.orchestration import get_client
-    from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectAlreadyExists
-
-    name = lock_name(model_name)
-    with get_client(sync_client=True) as client:
-        try:
-            client.upsert_global_concurrency_limit_by_name(name, limit=1)
-        except ObjectAlreadyExists:
-            pass  # created concurrently by another run
-    start, acquired = time.monotonic(), False
-    try:
-        with concurrency(
-            name,
-            occupy=1,
-            timeout_seconds=timeout_seconds,
-            strict=True,
-            raise_on_lease_renewal_failure=False,  # a server blip must not kill a long training
-        ):
-            acquired = True
-            yield time.monotonic() - start
-    except TimeoutError as exc:
-        if acquired:
-            raise
-        raise PipelineError(
-            f"another retrain of model {model_name!r} holds the concurrency limit {name!r}; "
-            f"gave up after waiting {timeout_seconds:g} s (pipeline.lock_timeout_seconds). "
-            f"Retry later, or inspect it with `prefect gcl inspect {name}`"
-        ) from exc
+def model_lock(model_name: str, timeout_seconds: float):
+    """The retrain lock of ``model_name`` (tasks/locks.py): yields the seconds waited."""
+    return locks.retrain_lock(model_name, timeout_seconds)
 
 
 def _stage(config: PipelineConfig):
@@ -219,7 +176,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineSummary:
         "new content" if ingested.created else "unchanged; nothing written",
     )
     model_name = config.register.model_name or default_model_name(ingested.name)
-    log.info("[2/5] train: waiting for the retrain lock %s", lock_name(model_name))
+    log.info("[2/5] train: waiting for the retrain lock %s", locks.lock_name(model_name))
     with model_lock(model_name, config.pipeline.lock_timeout_seconds) as waited:
         acquired_at = time.time()
         log.info("[2/5] train: lock acquired after %.1f s", waited)
