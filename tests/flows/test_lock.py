@@ -84,6 +84,7 @@ def test_the_holder_is_recorded_while_held_and_removed_on_release(prefect_harnes
 
 def test_a_sigkilled_holders_slot_is_freed_by_the_next_run(prefect_harness, tmp_path):
     from flows.pipeline import model_lock
+    from tasks import lock_slots as slots
     from tasks import locks
 
     proc, _, _ = _start_holder("lock-killed", tmp_path, _api_url())
@@ -94,7 +95,7 @@ def test_a_sigkilled_holders_slot_is_freed_by_the_next_run(prefect_harness, tmp_
     (st,) = locks.status("lock-killed")
     assert st.state == "stale" and f"pid {proc.pid} on this host) is gone" in st.detail
     # Freed at the next check: long before the heartbeat/orphan timeouts (90 s) could matter.
-    assert locks.HOLDER_TTL_SECONDS > 20 and locks.ORPHAN_SECONDS > 20
+    assert slots.HOLDER_TTL_SECONDS > 20 and slots.ORPHAN_SECONDS > 20
     with model_lock("lock-killed", 20):
         (st,) = locks.status("lock-killed")
         assert st.state == "held" and st.holder.pid == os.getpid()
@@ -104,14 +105,15 @@ def test_a_sigkilled_holders_slot_is_freed_by_the_next_run(prefect_harness, tmp_
 def test_a_silent_holder_on_another_host_is_freed_after_its_heartbeat_ttl(
     prefect_harness, monkeypatch
 ):
+    from tasks import lock_slots as slots
     from tasks import locks
 
     with locks.retrain_lock("lock-remote", 30) as _:
-        with locks._client() as client:  # noqa: SLF001 - make the record look like another host's
-            me = locks._read_holder(client, "lock-remote")
-            locks._write_holder(client, dataclasses.replace(me, host="elsewhere", pid=1))
+        with slots.client() as client:  # make the record look like another host's
+            me = slots.read_holder(client, "lock-remote")
+            slots.write_holder(client, dataclasses.replace(me, host="elsewhere", pid=1))
         # The heartbeat thread now sees a record that is not its own and stops beating.
-        monkeypatch.setattr(locks, "HOLDER_TTL_SECONDS", 3.0)
+        monkeypatch.setattr(slots, "HOLDER_TTL_SECONDS", 3.0)
         monkeypatch.setattr(locks, "POLL_SECONDS", 0.5)
         with pytest.raises(PipelineError, match="held by pid 1 on elsewhere"):
             with locks.retrain_lock("lock-remote", 1.5):  # shorter than the TTL: still held
@@ -125,14 +127,15 @@ def test_a_silent_holder_on_another_host_is_freed_after_its_heartbeat_ttl(
 def test_a_full_slot_without_a_holder_record_is_freed_after_the_orphan_time(
     prefect_harness, monkeypatch
 ):
+    from tasks import lock_slots as slots
     from tasks import locks
 
-    with locks._client() as client:  # noqa: SLF001 - a holder killed before writing its record
-        locks._ensure_limit(client, "lock-orphan")
-        assert locks._try_acquire(client, "lock-orphan")
+    with slots.client() as client:  # a holder killed before writing its record
+        slots.ensure_limit(client, "lock-orphan")
+        assert slots.try_acquire(client, "lock-orphan")
     (st,) = locks.status("lock-orphan")
     assert st.state == "stale" and "no holder record" in st.detail
-    monkeypatch.setattr(locks, "ORPHAN_SECONDS", 2.0)
+    monkeypatch.setattr(slots, "ORPHAN_SECONDS", 2.0)
     monkeypatch.setattr(locks, "POLL_SECONDS", 0.5)
     with locks.retrain_lock("lock-orphan", 30):
         assert _slots("lock-orphan") == 1
@@ -142,6 +145,7 @@ def test_a_full_slot_without_a_holder_record_is_freed_after_the_orphan_time(
 def test_a_holder_whose_flow_run_ended_is_dead(prefect_harness):
     from prefect import flow
 
+    from tasks import lock_slots as slots
     from tasks import locks
 
     @flow
@@ -152,11 +156,11 @@ def test_a_holder_whose_flow_run_ended_is_dead(prefect_harness):
 
     run_id = short()
     with locks.retrain_lock("lock-flowrun", 30):
-        with locks._client() as client:  # noqa: SLF001
-            me = locks._read_holder(client, "lock-flowrun")
+        with slots.client() as client:
+            me = slots.read_holder(client, "lock-flowrun")
             other = dataclasses.replace(me, host="elsewhere", pid=1, flow_run_id=run_id)
-            locks._write_holder(client, other)
-            assert "has ended" in locks.dead_reason(client, other)
+            slots.write_holder(client, other)
+            assert "has ended" in slots.dead_reason(client, other)
         with locks.retrain_lock("lock-flowrun", 20):  # freed at once: no TTL to wait for
             pass
 
