@@ -52,13 +52,14 @@ def write_atomic(uri: str, data: bytes) -> None:
         return
     tmp = f"{uri}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, uri)
+        with fs.storage_guard(uri):
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, uri)
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.remove(tmp)
 
 
@@ -209,6 +210,11 @@ def publish(stage: Stage, marker: str | None = None, marker_text: str | None = N
     Locally a kill leaves the old folder or the new one at the final place, never a mix. On object
     stores the marker is removed first, so a half-copied folder is never marked complete.
     """
+    with fs.storage_guard(stage.final):
+        _publish(stage, marker, marker_text)
+
+
+def _publish(stage: Stage, marker: str | None, marker_text: str | None) -> None:
     src, dst = stage.uri, stage.final
     if stage._remote:
         if marker is not None:
@@ -235,5 +241,6 @@ def recover(final: str) -> None:
     base, leaf = fs.parent(final), fs.basename(final)
     for name in sorted(fs.list_dirs(base)):
         if name.startswith(f".{leaf}{OLD_MARK}"):
-            os.rename(fs.join(base, name), final)
+            with fs.storage_guard(final):
+                os.rename(fs.join(base, name), final)
             return
