@@ -192,13 +192,17 @@ def gate_version(
     eval_split: str = C.TEST,
     eval_num_samples: int = 1000,
     eval_seed: int = 0,
+    score: float | None = None,
 ) -> RegisterOutput:
     """Gate a registered version (again) under these evaluation settings, from its tags: its
-    score must be recorded for them (`record_score`)."""
+    score must be recorded for them, or given as ``score`` (then it is recorded first)."""
     mv = tracking.get_version(name, version)
     if mv is None:
         raise ModelError(f"registered model {name!r} has no version {version}")
     dataset, dsv = mv.tags.get(TAG_DATASET, ""), mv.tags.get(TAG_DATASET_VERSION, "")
+    if score is not None:
+        record_score(name, version, dsv, eval_split, eval_num_samples, eval_seed, score)
+        mv = tracking.get_version(name, version)
     lml = recorded_score(mv, dsv, eval_split, eval_num_samples, eval_seed)
     if lml is None:
         raise ModelError(
@@ -228,6 +232,24 @@ def gate_version(
     return RegisterOutput(
         name, version, uri, promoted, decision, lml, champion_lml, not reason, reason
     )
+
+
+def version_of_run(name: str, run_id: str) -> tracking.RegisteredVersion | None:
+    """The newest version of ``name`` registered from ``run_id`` (None: not registered)."""
+    mine = [v for v in tracking.list_versions(name) if v.run_id == run_id]
+    return mine[-1] if mine else None
+
+
+def serves_dataset(version: tracking.RegisteredVersion, dataset: str, shape: tuple) -> str:
+    """Why ``version`` cannot encode ``dataset`` rows of feature ``shape`` ('' if it can)."""
+    trained_on = version.tags.get(TAG_DATASET, dataset)
+    if trained_on != dataset:
+        return f"v{version.version} was trained on dataset {trained_on!r}, not {dataset!r}"
+    if TAG_FEATURE_SHAPE in version.tags:
+        own = tuple(json.loads(version.tags[TAG_FEATURE_SHAPE]))
+        if own != tuple(shape):
+            return f"v{version.version} takes feature shape {list(own)}, the data {list(shape)}"
+    return ""
 
 
 def record_score(
