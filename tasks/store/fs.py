@@ -81,6 +81,7 @@ def storage_error(exc: BaseException, path: str, fix: str = ELSEWHERE) -> Storag
         return None
     problem, remedy = _FAULTS[code]
     where = _existing_ancestor(path)
+    where = "it" if where == normalize(path) else where
     return StorageError(
         f"cannot write {path}: {where} {problem} ({os.strerror(code)}). Fix: {remedy}, {fix}"
     )
