@@ -95,11 +95,11 @@ def recorded_score(
 def is_gated(
     version: tracking.RegisteredVersion, dataset_version: str, split: str, k: int, seed: int
 ) -> bool:
-    """True if the version's gate decision was taken under exactly these evaluation settings."""
-    tags = version.tags
-    return TAG_DECISION in tags and tags.get(TAG_EVAL) == evaluation_key(
-        dataset_version, split, k, seed
-    )
+    """True if the version's gate decision was taken under exactly these evaluation settings
+    (older releases wrote the same key without `method=`: IS was the only method)."""
+    key = evaluation_key(dataset_version, split, k, seed)
+    legacy = key.replace(f" method={METHOD}", "")
+    return TAG_DECISION in version.tags and version.tags.get(TAG_EVAL) in (key, legacy)
 
 
 @dataclass(frozen=True)

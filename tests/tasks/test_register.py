@@ -388,3 +388,14 @@ def test_a_champion_registered_without_comparability_tags_is_read_from_its_model
     args = (_run(), dense, "regdata", env["v_old"], 5.0, name, env["root"])
     out = R.register(*args, eval_num_samples=8)
     assert not out.comparable and "log-probability:bernoulli" in out.reason
+
+
+def test_a_decision_of_an_older_release_counts_as_gated_under_the_same_settings():
+    legacy = "split=test K=8 seed=0 dataset_version=0123456789abcdef"  # no method= (IS only)
+    tags = {R.TAG_DECISION: "promoted: no champion yet", R.TAG_EVAL: legacy}
+    v = tracking.RegisteredVersion("m", 1, "run", "src", tags, ())
+    assert R.is_gated(v, "0123456789abcdef", C.TEST, 8, 0)
+    assert not R.is_gated(v, "0123456789abcdef", C.TEST, 16, 0)
+    assert not R.is_gated(
+        tracking.RegisteredVersion("m", 1, "run", "src", {}, ()), "x", C.TEST, 8, 0
+    )
