@@ -202,3 +202,19 @@ def test_export_into_a_read_only_root_fails_in_one_line(prefect_harness, tmp_pat
         rc, _, err = _cli(*argv, "--data-root", str(root))
         _one_line_error(rc, err, "export", f"cannot write {root}/latents/faults/aevb-faults")
     assert _tree(root) == before
+
+
+def test_a_finished_pipeline_reruns_on_a_read_only_root_and_writes_nothing(
+    prefect_harness, tmp_path, mlflow_store
+):
+    root = tmp_path / "data"
+    argv = ["pipeline", "digits", "--data-root", str(root), *FAST, "evaluate.num_samples=4"]
+    argv += ["model.latent_dim=2", "export.splits=['test']"]
+    rc, _, err = _cli(*argv)
+    assert rc == 0, err[-3000:]
+    before = _tree(root)
+    with read_only(root):
+        rc, out, err = _cli(*argv)
+        assert rc == 0, err[-3000:]
+        assert "SKIPPED" in out
+    assert _tree(root) == before
