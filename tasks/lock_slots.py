@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from models.errors import PipelineError
 from tasks.logs import logger
 from tasks.store import publish
 
@@ -123,21 +124,31 @@ def read_limit(client, model_name: str):
 def ensure_limit(client, model_name: str) -> None:
     from prefect.exceptions import ObjectAlreadyExists
 
+    name = lock_name(model_name)
     try:
-        client.upsert_global_concurrency_limit_by_name(lock_name(model_name), limit=1)
+        client.upsert_global_concurrency_limit_by_name(name, limit=1)
     except ObjectAlreadyExists:
         pass  # created concurrently by another run
+    limit = read_limit(client, model_name)
+    if limit is not None and not limit.active:  # the server would grant every request
+        raise PipelineError(
+            f"the concurrency limit {name!r} is inactive, so it cannot keep two retrains of "
+            f"{model_name!r} apart; enable it: `prefect gcl enable {name}`"
+        )
 
 
 def try_acquire(client, model_name: str) -> bool:
     import httpx
 
+    name = lock_name(model_name)
     try:
-        client.increment_concurrency_slots([lock_name(model_name)], 1, "concurrency")
+        response = client.increment_concurrency_slots([name], 1, "concurrency")
     except httpx.HTTPStatusError as exc:
         if exc.response.status_code == 423:  # Locked: the slot is taken
             return False
         raise
+    if not response.json():  # no such limit (deleted meanwhile): nothing was taken
+        raise PipelineError(f"the concurrency limit {name!r} does not exist any more; run again")
     return True
 
 

@@ -209,6 +209,21 @@ def test_force_release_of_a_live_holder_is_noticed_by_it(prefect_harness, tmp_pa
     assert _slots("lock-force") == 0
 
 
+def test_an_inactive_limit_is_refused_in_one_line(prefect_harness):
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    from flows.pipeline import model_lock
+    from tasks import lock_slots as slots
+
+    with slots.client() as client:
+        slots.ensure_limit(client, "lock-off")
+        update = GlobalConcurrencyLimitUpdate(active=False)
+        client.update_global_concurrency_limit("aevb-train-lock-off", update)
+    with pytest.raises(PipelineError, match=r"'aevb-train-lock-off' is inactive.*gcl enable"):
+        with model_lock("lock-off", 5):
+            pytest.fail("held a lock that guards nothing")
+
+
 @pytest.mark.slow
 def test_a_killed_holders_slot_is_freed_after_a_server_restart(tmp_path):
     """The case Prefect's in-memory leases lose: holder SIGKILLed, `prefect server start`
