@@ -45,6 +45,7 @@ VERBS = (
     "corrupt",
     "restore",
     "pipeline",
+    "lock",
     "serve",
     "reproduce",
 )

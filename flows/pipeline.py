@@ -6,12 +6,18 @@ Stages run on the flow's task runner (threads by default, Dask with `pipeline.ta
 operator can rely on:
 
 - unchanged source content is not re-ingested (the ingest task's cache key is the content hash);
-- unchanged dataset version *and* config: training finds its identical finished run and nothing
-  else runs (summary: "skipped"), unless `pipeline.retrain_on_unchanged = true`;
+- a rerun completes what an earlier (killed) run left undone, found in the stores themselves: an
+  interrupted training resumes from its checkpoint, a finished training that was never
+  registered is evaluated and registered, a registered version without a gate decision (or one
+  taken under other evaluation settings) is gated, and the champion's latent table is exported
+  if it is missing or out of date (`export.splits`). The summary lists what it completed;
+- unchanged dataset version, config and evaluation/export settings with nothing missing: nothing
+  runs (summary: "skipped"), unless `pipeline.retrain_on_unchanged = true`;
 - a new dataset version (or config) trains a new model version, gated: the `champion` alias moves
-  only if the held-out log p(x) beats the champion's on the same dataset version;
+  only if the held-out log p(x) beats a comparable champion's (tasks/register.py);
 - two retrains of the same registered model never overlap: everything after ingest holds the
-  Prefect global concurrency limit `aevb-train-<model name>` (1 slot). A second run *waits* for it
+  retrain lock of tasks/locks.py (the 1-slot Prefect global concurrency limit
+  `aevb-train-<model name>`, freed by the next run when its holder died). A second run *waits*
   up to `pipeline.lock_timeout_seconds`, then fails with a one-line `PipelineError`;
 - stages retry only after transient I/O errors (tasks/runners.py);
 - a markdown artifact `aevb-<model name>-summary` holds MLflow links and a metrics table.
@@ -20,70 +26,28 @@ operator can rely on:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from prefect import flow, get_run_logger
 
 from flows.config import PipelineConfig, load_config
 from flows.stages import run_ingest_task
 from flows.summary import Outcome, PipelineSummary, publish_artifact
-from models.errors import PipelineError
-from tasks import tracking
+from tasks import locks, register, tracking
 from tasks.evaluate import evaluate_task
 from tasks.export import encode_part_task, export_latents
 from tasks.ingest import ingest, ingest_task, stage_shard_task
-from tasks.register import default_model_name, register_task
+from tasks.register import default_model_name, gate_task, register_task
 from tasks.runners import make_task_runner, with_io_retries
+from tasks.store import publish
+from tasks.store.datasets import load_manifest
 from tasks.store.roots import resolve_data_root
-from tasks.store.tables import latent_table_path
 from tasks.store.writer import IngestResult
 from tasks.train import TrainOutput, train_task
 
-LOCK_PREFIX = "aevb-train-"
 
-
-def lock_name(model_name: str) -> str:
-    return LOCK_PREFIX + model_name
-
-
-@contextmanager
-def model_lock(model_name: str, timeout_seconds: float) -> Iterator[float]:
-    """Hold the 1-slot global concurrency limit of ``model_name``; yields the seconds waited.
-
-    The limit is created (limit 1) on first use, so it exists on whichever Prefect API the run
-    talks to. Waiting longer than ``timeout_seconds`` raises PipelineError. A crashed holder's
-    slot is freed when its lease expires (5 minutes).
-    """
-    from prefect.client.orchestration import get_client
-    from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectAlreadyExists
-
-    name = lock_name(model_name)
-    with get_client(sync_client=True) as client:
-        try:
-            client.upsert_global_concurrency_limit_by_name(name, limit=1)
-        except ObjectAlreadyExists:
-            pass  # created concurrently by another run
-    start, acquired = time.monotonic(), False
-    try:
-        with concurrency(
-            name,
-            occupy=1,
-            timeout_seconds=timeout_seconds,
-            strict=True,
-            raise_on_lease_renewal_failure=False,  # a server blip must not kill a long training
-        ):
-            acquired = True
-            yield time.monotonic() - start
-    except TimeoutError as exc:
-        if acquired:
-            raise
-        raise PipelineError(
-            f"another retrain of model {model_name!r} holds the concurrency limit {name!r}; "
-            f"gave up after waiting {timeout_seconds:g} s (pipeline.lock_timeout_seconds). "
-            f"Retry later, or inspect it with `prefect gcl inspect {name}`"
-        ) from exc
+def model_lock(model_name: str, timeout_seconds: float):
+    """The retrain lock of ``model_name`` (tasks/locks.py): yields the seconds waited."""
+    return locks.retrain_lock(model_name, timeout_seconds)
 
 
 def _stage(config: PipelineConfig):
@@ -120,35 +84,11 @@ def ingest_step(config: PipelineConfig, root: str) -> tuple[IngestResult, bool]:
     )
 
 
-def unchanged_step(
-    config: PipelineConfig, ingested: IngestResult, trained: TrainOutput, model_name: str, root: str
-) -> Outcome | None:
-    """The outcome when this exact training is already registered (nothing to do), else None."""
-    if not trained.reused:
-        return None
-    registered = [v for v in tracking.list_versions(model_name) if v.run_id == trained.run_id]
-    if not registered:
-        return None
-    version = registered[-1]
-    champion = tracking.get_alias(model_name, "champion")
-    is_champion = champion is not None and champion.version == version.version
-    decision = (
-        f"skipped: dataset version {ingested.version[:12]} and config unchanged since "
-        f"{model_name} v{version.version} (MLflow run {trained.run_id}); nothing to retrain "
-        "(set pipeline.retrain_on_unchanged=true to retrain anyway)"
-    )
-    shown = champion.version if champion is not None else version.version
-    table = latent_table_path(root, ingested.name, model_name, shown)
-    return Outcome(None, version.version, is_champion, decision, table, 0, skipped=True)
-
-
-def evaluate_register_export(
-    config: PipelineConfig, ingested: IngestResult, trained: TrainOutput, model_name: str, root: str
-) -> Outcome:
-    log, e, stage = get_run_logger(), config.evaluate, _stage(config)
+def evaluate_step(config: PipelineConfig, ingested: IngestResult, trained: TrainOutput, root: str):
+    log, e = get_run_logger(), config.evaluate
     log.info("[3/5] evaluate: %s split, K=%d importance samples", e.split, e.num_samples)
     evaluated = (
-        stage(evaluate_task)
+        _stage(config)(evaluate_task)
         .submit(
             trained.saved_model_dir,
             ingested.name,
@@ -168,41 +108,106 @@ def evaluate_register_export(
         evaluated.log_marginal_likelihood_stderr,
         evaluated.elbo,
     )
-    registered = (
-        stage(register_task)
-        .submit(
-            trained.run_id,
-            trained.saved_model_dir,
-            ingested.name,
-            ingested.version,
-            evaluated.log_marginal_likelihood,
-            model_name,
-            root,
-            e.split,
-            e.num_samples,
-            e.seed,
-        )
-        .result()
-    )
-    log.info("[4/5] register: %s v%d; %s", registered.name, registered.version, registered.decision)
+    publish.fault_point("pipeline_after_evaluate")
+    return evaluated
+
+
+def gate_step(config, ingested, trained, model_name, root, version, completed):
+    """Register + gate this training, or finish what an earlier run left undone: a version
+    registered but never gated, or gated under other evaluation settings, is (re)gated.
+    Returns (RegisterOutput, the evaluation if one ran)."""
+    e, stage = config.evaluate, _stage(config)
+    settings = (e.split, e.num_samples, e.seed)
+    if version is None:
+        evaluated = evaluate_step(config, ingested, trained, root)
+        if trained.reused:
+            completed.append(
+                f"registered and gated the finished training run {trained.run_id} "
+                "(an earlier pipeline run stopped before registering it)"
+            )
+        args = (trained.run_id, trained.saved_model_dir, ingested.name, ingested.version)
+        lml = evaluated.log_marginal_likelihood
+        return stage(register_task).submit(
+            *args, lml, model_name, root, *settings
+        ).result(), evaluated
+    evaluated, score = None, register.recorded_score(version, ingested.version, *settings)
+    if score is None:
+        evaluated = evaluate_step(config, ingested, trained, root)
+        score = evaluated.log_marginal_likelihood
+    if register.TAG_DECISION not in version.tags:
+        completed.append(f"gated v{version.version} (it was registered but never gated)")
+    else:
+        key = register.evaluation_key(ingested.version, *settings)
+        completed.append(f"re-gated v{version.version} under new evaluation settings ({key})")
+    gated = stage(gate_task).submit(model_name, version.version, root, *settings, score=score)
+    return gated.result(), evaluated
+
+
+def export_step(config, ingested, model_name, root) -> tuple[str, int, bool, str]:
+    """The champion's latent table of this dataset version: (path, rows, written now, why not)."""
+    champion = tracking.get_alias(model_name, register.CHAMPION)
+    manifest = load_manifest(root, ingested.name, ingested.version)
+    why = "no champion" if champion is None else ""
+    why = why or register.serves_dataset(champion, ingested.name, manifest.feature_shape)
+    if why:
+        get_run_logger().info("[5/5] export: nothing to export: the champion %s", why)
+        return "", 0, False, f"not exported: the champion {why}"
     exported = export_latents(  # one task per (split, part file) on the flow's task runner
-        f"models:/{registered.name}@champion",
+        f"models:/{model_name}/{champion.version}",
         ingested.name,
         root,
         ingested.version,
         config.export.splits,
         config.export.batch_size,
-        part_task=stage(encode_part_task),
+        part_task=_stage(config)(encode_part_task),
     )
-    log.info("[5/5] export: %s (%d rows)", exported.path, exported.rows)
+    get_run_logger().info("[5/5] export: %s (%d rows)", exported.path, exported.rows)
+    return exported.path, exported.rows, exported.created, ""
+
+
+def finish_step(
+    config: PipelineConfig, ingested: IngestResult, trained: TrainOutput, model_name: str, root: str
+) -> Outcome:
+    """Evaluate, gate and export what the stores say is still missing for this training (all
+    of it for a new one), and say what was completed for an earlier, interrupted run."""
+    log, e = get_run_logger(), config.evaluate
+    completed: list[str] = []
+    if trained.resumed_from_epoch:
+        completed.append(
+            f"finished the interrupted training from its epoch-{trained.resumed_from_epoch} "
+            "checkpoint"
+        )
+    version = register.version_of_run(model_name, trained.run_id)
+    settings = (ingested.version, e.split, e.num_samples, e.seed)
+    evaluated = None
+    if version is not None and register.is_gated(version, *settings):
+        decision = version.tags[register.TAG_DECISION]
+        number, lml = version.version, register.recorded_score(version, *settings)
+    else:
+        registered, evaluated = gate_step(
+            config, ingested, trained, model_name, root, version, completed
+        )
+        log.info("[4/5] register: %s v%d; %s", model_name, registered.version, registered.decision)
+        decision, number = registered.decision, registered.version
+        lml = registered.candidate_log_marginal_likelihood
+    publish.fault_point("pipeline_after_gate")
+    table, rows, written, note = export_step(config, ingested, model_name, root)
+    if written and trained.reused:
+        completed.append("exported the champion's latent table (it was missing or out of date)")
+    champion = tracking.get_alias(model_name, register.CHAMPION)
+    promoted = champion is not None and champion.version == number
+    skipped = trained.reused and not completed and not written
+    if skipped:
+        decision = (
+            f"skipped: dataset version {ingested.version[:12]} and config unchanged since "
+            f"{model_name} v{number} (MLflow run {trained.run_id}); nothing to retrain "
+            "(set pipeline.retrain_on_unchanged=true to retrain anyway)"
+        )
+        log.info("[3/5] %s", decision)
+    for line in completed:
+        log.info("completed: %s", line)
     return Outcome(
-        evaluated,
-        registered.version,
-        registered.promoted,
-        registered.decision,
-        exported.path,
-        exported.rows,
-        skipped=False,
+        evaluated, number, promoted, decision, table, rows, skipped, tuple(completed), lml, note
     )
 
 
@@ -219,10 +224,11 @@ def run_pipeline(config: PipelineConfig) -> PipelineSummary:
         "new content" if ingested.created else "unchanged; nothing written",
     )
     model_name = config.register.model_name or default_model_name(ingested.name)
-    log.info("[2/5] train: waiting for the retrain lock %s", lock_name(model_name))
+    log.info("[2/5] train: waiting for the retrain lock %s", locks.lock_name(model_name))
     with model_lock(model_name, config.pipeline.lock_timeout_seconds) as waited:
         acquired_at = time.time()
         log.info("[2/5] train: lock acquired after %.1f s", waited)
+        publish.fault_point("pipeline_after_lock")
         trained = (
             _stage(config)(train_task)
             .submit(
@@ -235,16 +241,11 @@ def run_pipeline(config: PipelineConfig) -> PipelineSummary:
             )
             .result()
         )
-        outcome = unchanged_step(config, ingested, trained, model_name, root)
-        if outcome is not None:
-            log.info("[3/5] %s", outcome.decision)
-        else:
-            log.info(
-                "[2/5] train: %s (run %s)",
-                "reused the finished identical run" if trained.reused else "done",
-                trained.run_id,
-            )
-            outcome = evaluate_register_export(config, ingested, trained, model_name, root)
+        how = "reused the finished identical run" if trained.reused else "done"
+        log.info("[2/5] train: %s (run %s)", how, trained.run_id)
+        publish.fault_point("pipeline_after_train")
+        outcome = finish_step(config, ingested, trained, model_name, root)
+        publish.fault_point("pipeline_after_export")
         released_at = time.time()
     summary = PipelineSummary.of(
         ingested, cache_hit, root, trained, model_name, outcome, waited, acquired_at, released_at

@@ -15,13 +15,16 @@ from typing import Any
 class Outcome:
     """What happened after training: evaluated + registered + exported, or skipped."""
 
-    evaluated: Any  # tasks.evaluate.EvaluationSummary, None when skipped
+    evaluated: Any  # tasks.evaluate.EvaluationSummary, None when no evaluation ran
     model_version: int | None
     promoted: bool
     decision: str
     latent_table: str
     latent_rows: int
     skipped: bool
+    completed: tuple[str, ...] = ()  # what this run finished for an earlier, interrupted one
+    log_marginal_likelihood: float | None = None  # the gate's score (evaluated now or recorded)
+    export_note: str = ""  # why no latent table was exported
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,8 @@ class PipelineSummary:
     run_id: str
     experiment: str
     saved_model_dir: str
-    skipped: bool  # nothing to retrain: the registered model already saw this data and config
+    skipped: bool  # nothing to do: this data, config and settings are trained, gated, exported
+    completed: tuple[str, ...]  # what this run finished for an earlier, interrupted run
     test_elbo: float | None
     test_log_marginal_likelihood: float | None
     test_log_marginal_likelihood_stderr: float | None
@@ -46,6 +50,7 @@ class PipelineSummary:
     decision: str
     latent_table: str
     latent_rows: int
+    export_note: str
     lock_wait_seconds: float
     lock_acquired_at: float
     lock_released_at: float
@@ -76,8 +81,11 @@ class PipelineSummary:
             experiment=trained.experiment,
             saved_model_dir=trained.saved_model_dir,
             skipped=outcome.skipped,
+            completed=outcome.completed,
             test_elbo=None if ev is None else ev.elbo,
-            test_log_marginal_likelihood=None if ev is None else ev.log_marginal_likelihood,
+            test_log_marginal_likelihood=outcome.log_marginal_likelihood
+            if ev is None
+            else ev.log_marginal_likelihood,
             test_log_marginal_likelihood_stderr=None
             if ev is None
             else ev.log_marginal_likelihood_stderr,
@@ -88,6 +96,7 @@ class PipelineSummary:
             decision=outcome.decision,
             latent_table=outcome.latent_table,
             latent_rows=outcome.latent_rows,
+            export_note=outcome.export_note,
             lock_wait_seconds=waited,
             lock_acquired_at=acquired_at,
             lock_released_at=released_at,
@@ -142,15 +151,7 @@ def format_summary(s: Any, uri: str) -> str:
         f"aevb pipeline finished: dataset {s.dataset} (version {s.dataset_version[:12]}, "
         f"{'new' if s.dataset_created else 'unchanged'})",
     ]
-    if s.skipped:
-        lines.append(f"  SKIPPED                    {s.decision}")
-    else:
-        lines += [
-            f"  test ELBO                  {s.test_elbo:.3f} nats",
-            f"  test log p(x) (IS, K={s.num_importance_samples})  "
-            f"{s.test_log_marginal_likelihood:.3f} +- {s.test_log_marginal_likelihood_stderr:.3f} nats",
-            f"  gate                       {s.decision}",
-        ]
+    lines += _result_lines(s)
     alias = "champion" if s.promoted else "challenger"
     lines += [
         f"  registered model           {s.model_name} version {s.model_version} @{alias}",
@@ -162,7 +163,7 @@ def format_summary(s: Any, uri: str) -> str:
         f"  model                      models:/{s.model_name}/{s.model_version} "
         f"(load: models:/{s.model_name}@champion)",
         f"  SavedModel + checkpoints   {s.saved_model_dir}",
-        f"  latent table               {s.latent_table}"
+        f"  latent table               {s.latent_table or s.export_note}"
         + (f" ({s.latent_rows} rows)" if s.latent_rows else ""),
         f"  Prefect artifact           {s.artifact_key}"
         + (f"  ({_prefect_ui()})" if _prefect_ui() else ""),
@@ -172,6 +173,25 @@ def format_summary(s: Any, uri: str) -> str:
         f"'{s.latent_table}').head())\"",
     ]
     return "\n".join(lines)
+
+
+def _result_lines(s: Any) -> list[str]:
+    """SKIPPED when nothing was left to do; else what this run completed and the numbers."""
+    if s.skipped:
+        return [f"  SKIPPED                    {s.decision}"]
+    lines = [f"  completed                  {c}" for c in s.completed]
+    if s.test_elbo is not None:
+        lines += [
+            f"  test ELBO                  {s.test_elbo:.3f} nats",
+            f"  test log p(x) (IS, K={s.num_importance_samples})  "
+            f"{s.test_log_marginal_likelihood:.3f} +- {s.test_log_marginal_likelihood_stderr:.3f} nats",
+        ]
+    elif s.test_log_marginal_likelihood is not None:
+        lines.append(
+            f"  test log p(x)              {s.test_log_marginal_likelihood:.3f} nats "
+            "(recorded by the earlier run)"
+        )
+    return [*lines, f"  gate                       {s.decision}"]
 
 
 def summary_markdown(s: Any, trained: Any, evaluated: Any | None) -> str:
@@ -197,7 +217,10 @@ def summary_markdown(s: Any, trained: Any, evaluated: Any | None) -> str:
         f" - load with `models:/{s.model_name}@champion`",
         f"- Dataset: `{s.dataset}` version `{s.dataset_version}` "
         f"({'new content' if s.dataset_created else 'unchanged'}) at `{s.dataset_path}`",
-        f"- Latent table: `{s.latent_table}`",
+        f"- Latent table: `{s.latent_table}`"
+        if s.latent_table
+        else f"- Latent table: {s.export_note}",
+        *[f"- Completed for an interrupted run: {c}" for c in s.completed],
         f"- Retrain lock waited {s.lock_wait_seconds:.1f} s",
     ]
     if start_ui:

@@ -34,3 +34,8 @@ class TrainingDivergedError(ModelError):
 
 class TrackingError(PipelineError):
     """The MLflow tracking server or registry cannot be reached or refused a request."""
+
+
+class StorageError(PipelineError):
+    """A store cannot be written: read-only, full, over quota or not permitted. The message names
+    the path and the fix; whatever was being written is left out, never half-visible."""

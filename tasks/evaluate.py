@@ -7,8 +7,10 @@ paper's Appendix D estimator). Each is a stochastic lower bound or an approximat
 docs/evaluation.md. With a ``run_id`` it logs to that MLflow run:
 
 - metrics under the DESIGN names: IS as `<split>_<quantity>` (e.g. `test_log_marginal_likelihood`),
-  AIS/HMC as `<split>_<method>_<quantity>`, so a cross-check never overwrites the IS numbers;
-- the per-point estimates as `evaluation/<split>-<method>-per-point.parquet`;
+  AIS/HMC as `<split>_<method>_<quantity>`, so a cross-check never overwrites the IS numbers, each
+  logged at MLflow step = K: an evaluation with another K adds to the metric's history instead of
+  replacing it (the run's "latest" value is the one with the largest K);
+- the per-point estimates as `evaluation/<split>-<method>-k<K>-per-point.parquet`;
 
 and inside a Prefect run it publishes a table artifact summarising the numbers.
 """
@@ -42,6 +44,8 @@ class EvaluationSummary:
     reconstruction: float | None
     active_units: int | None
     method: str = "is"
+    score_kind: str = ""  # what kind of number log p(x) is (tasks/scoring.py `score_kind`)
+    seed: int = 0
     metrics_logged: dict[str, float] = field(default_factory=dict)
     per_point_artifact: str | None = None  # path in the MLflow run, e.g. evaluation/test-is-...
     table_artifact: str | None = None  # Prefect artifact key
@@ -101,7 +105,7 @@ def evaluate(
     label = model_label or (f"runs:/{run_id}/model" if run_id else saved_model_dir)
     artifact = None
     if run_id:
-        tracking.log_metrics(run_id, metrics)
+        tracking.log_metrics(run_id, metrics, step=num_samples)
         tag = "aevb.eval_num_samples" if method == "is" else f"aevb.eval_{method}_num_samples"
         tracking.set_tags(run_id, {tag: num_samples})
         provenance = {
@@ -130,6 +134,8 @@ def evaluate(
         reconstruction=float(s["reconstruction"]) if is_method else None,
         active_units=int(s["active_units"]) if is_method else None,
         method=method,
+        score_kind=ev.score_kind,
+        seed=seed,
         metrics_logged=metrics,
         per_point_artifact=artifact,
         table_artifact=key,

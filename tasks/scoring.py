@@ -10,7 +10,10 @@ each row's id and label, turns the results into
   written atomically as Parquet with the provenance in key-value metadata and logged to the
   model's MLflow run under `evaluation/`;
 - metrics under the DESIGN names: IS as `<split>_<quantity>` (e.g. `test_log_marginal_likelihood`),
-  AIS/HMC as `<split>_<method>_<quantity>` so a cross-check never overwrites the IS numbers;
+  AIS/HMC as `<split>_<method>_<quantity>` so a cross-check never overwrites the IS numbers; the
+  evaluate stage logs them with MLflow step = K, so estimates with other K stay in the history;
+- `score_kind`: what kind of number a log p(x) is (a log-probability or a log-density, and of
+  which likelihood); the registry gate compares only scores of the same kind;
 - a Prefect table artifact summarising the numbers, and progress lines (rows, samples/s, ETA)
   plus a Prefect progress artifact while a long evaluation runs.
 
@@ -37,6 +40,15 @@ from tasks.store import fs, readers
 from tasks.store.datasets import DatasetManifest
 
 Method = Literal["is", "ais", "hmc"]
+# A Bernoulli decoder's log p(x) is a log-probability of the stored [0, 1] values; a Gaussian or
+# continuous-Bernoulli decoder's a log-density of continuous values. Different measures: never
+# compared. A log p(x) converted to the discrete data (log density - D log 256 on 8-bit data, for
+# any decoder) will be its own kind, shared by every likelihood: return it here.
+SCORE_KINDS = {
+    "bernoulli": "log-probability:bernoulli",
+    "gaussian": "log-density:gaussian",
+    "continuous_bernoulli": "log-density:continuous_bernoulli",
+}
 METHODS: tuple[str, ...] = ("is", "ais", "hmc")
 ARTIFACT_DIR = "evaluation"
 DEFAULT_MAX_POINTS = {"is": None, "ais": 20, "hmc": 20}
@@ -55,6 +67,7 @@ class SplitEvaluation:
     per_point: dict[str, np.ndarray]
     summary: dict[str, float]
     options: dict[str, Any] = field(default_factory=dict)
+    score_kind: str = ""
 
     def metrics(self) -> dict[str, float]:
         """Metric names for MLflow: `<split>_<q>` for IS, `<split>_<method>_<q>` for AIS/HMC."""
@@ -139,6 +152,47 @@ def stream_split(
         yield x
 
 
+def score_kind(likelihood: str, manifest: DatasetManifest | None = None) -> str:
+    """What kind of number log p(x) of a ``likelihood`` decoder on ``manifest``'s data is; scores
+    are comparable only when their kinds are equal (`tasks.register`)."""
+    return SCORE_KINDS.get(likelihood, f"log-density:{likelihood}")
+
+
+@dataclass(frozen=True)
+class ScoreFacts:
+    """What decides whether two models' log p(x) can be compared (the registry gate)."""
+
+    dataset: str
+    feature_shape: tuple[int, ...]
+    kind: str
+
+    def reason_against(self, other: ScoreFacts, champion: int) -> str:
+        """Why ``other`` (the champion's facts) cannot be compared with these; '' if it can."""
+        if other.dataset != self.dataset:
+            return (
+                f"champion v{champion} was trained on dataset {other.dataset!r}, the candidate on "
+                f"{self.dataset!r}: their scores are on different data"
+            )
+        if other.feature_shape != self.feature_shape:
+            return (
+                f"champion v{champion} has feature shape {list(other.feature_shape)}, the "
+                f"candidate {list(self.feature_shape)}"
+            )
+        if other.kind != self.kind:
+            return (
+                f"champion v{champion}'s log p(x) is a {other.kind}, the candidate's a "
+                f"{self.kind}: different measures (see docs/evaluation.md)"
+            )
+        return ""
+
+
+def model_facts(saved_model_dir: str, dataset: str) -> ScoreFacts:
+    from models.saved import read_config
+
+    config, _ = read_config(saved_model_dir)
+    return ScoreFacts(dataset, tuple(config.feature_shape), score_kind(config.likelihood))
+
+
 def quantization_step(manifest: DatasetManifest) -> float | None:
     """Spacing of model inputs for integer-stored data (uint8 / 255 -> 1/255), else None (no bits/dim)."""
     return (
@@ -211,6 +265,7 @@ def evaluate_split(
         per_point,
         summary,
         options,
+        score_kind(model.config.likelihood, manifest),
     )
 
 
@@ -268,6 +323,7 @@ def per_point_table(
     meta = {
         "method": evaluation.method,
         "num_samples": evaluation.num_samples,
+        "score_kind": evaluation.score_kind,
         "options": evaluation.options,
         **(provenance or {}),
     }
@@ -275,7 +331,9 @@ def per_point_table(
 
 
 def artifact_name(evaluation: SplitEvaluation) -> str:
-    return f"{evaluation.split}-{evaluation.method}-per-point.parquet"
+    """`<split>-<method>-k<K>-per-point.parquet`: an evaluation with another K keeps its own."""
+    e = evaluation
+    return f"{e.split}-{e.method}-k{e.num_samples}-per-point.parquet"
 
 
 def log_per_point(run_id: str, table: pa.Table, evaluation: SplitEvaluation, workdir: str) -> str:
@@ -314,9 +372,12 @@ def publish_table_artifact(evaluation: SplitEvaluation, dataset: str, model: str
 
 __all__ = [
     "METHODS",
+    "ScoreFacts",
     "ProgressLogger",
     "SplitEvaluation",
     "evaluate_split",
+    "model_facts",
+    "score_kind",
     "log_per_point",
     "per_point_table",
     "publish_table_artifact",

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import json
+import logging
 import os
 import random
 import re
@@ -40,7 +42,8 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, Ru
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from models.errors import ModelError, TrackingError
+from models.errors import ModelError, StorageError, TrackingError
+from tasks.store import fs
 from tasks.store.roots import REPO_ROOT, default_mlflow_dir
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -49,6 +52,9 @@ SAVED_MODEL_KEY = "saved_model"
 PLOTS_ARTIFACT = "plots"
 LOCK_SUFFIX = ".gate-lock"
 MODEL_ROOT_FILE = ".model-root"  # in a downloaded model's folder: where its MLmodel file sits
+# MLflow logs a traceback for every database error before raising it; the error itself reaches the
+# user (a storage fault as one line, `store_fault`), so that log line is noise.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 # Bounded retries for a tracking server (MLflow's defaults wait ~4 minutes before giving up).
 HTTP_RETRY_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
@@ -150,9 +156,47 @@ def _guarded(fn: Callable) -> Callable:
         except Exception as exc:  # MlflowException, or requests errors from artifact transfers
             if unreachable(exc):
                 raise _tracking_error(exc) from exc
+            fault = store_fault(exc)
+            if fault is not None:
+                raise fault from exc
             raise
 
     return wrapper
+
+
+_SQL_FAULTS = {"readonly database": errno.EROFS, "database or disk is full": errno.ENOSPC}
+
+
+def _unwritable_folder(folder: str) -> int | None:
+    """EROFS / EACCES when ``folder`` exists and cannot take new files, else None."""
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return errno.EROFS
+    except OSError:
+        return None
+    return None if os.access(folder, os.W_OK) else errno.EACCES
+
+
+def store_fault(exc: BaseException) -> StorageError | None:
+    """One line for an MLflow store that cannot be written (read-only or full database or
+    artifact folder), naming the store and the fix; None for anything else."""
+    text = str(exc).lower()
+    code = next((c for needle, c in _SQL_FAULTS.items() if needle in text), None)
+    code = code or fs.fault_errno(exc)
+    where = tracking_uri()
+    if code is None and "unable to open database file" in text and where.startswith("sqlite:///"):
+        code = _unwritable_folder(os.path.dirname(where[len("sqlite:///") :]))  # its journal
+    if code is None:
+        return None
+    what = {
+        errno.EROFS: "is read-only",
+        errno.ENOSPC: "is on a full file system",
+        errno.EDQUOT: "is over its disk quota",
+    }.get(code, "is not writable by this user")
+    return StorageError(
+        f"MLflow store {where} {what} ({os.strerror(code)}). Fix: make it writable or free "
+        "space, or use another store: MLFLOW_TRACKING_URI, or AEVB_MLFLOW_DIR for the embedded one"
+    )
 
 
 def _not_found(exc: MlflowException) -> bool:

@@ -9,6 +9,7 @@ per-epoch TF checkpoints, the MLflow run id and, once training finished, `DONE`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -23,13 +24,14 @@ from prefect.cache_policies import NO_CACHE
 
 from models import constants as C
 from models.config import ModelConfig, TrainConfig, to_dict
-from models.errors import TrainingDivergedError
+from models.errors import StorageError, TrainingDivergedError
 from tasks import plots, tracking
 from tasks.logs import logger
-from tasks.store import datasets, publish, readers
+from tasks.store import datasets, fs, publish, readers
 from tasks.store.roots import default_checkpoint_root
 
 PLOTS_ARTIFACT = "plots"
+CHECKPOINT_FIX = "or put checkpoints elsewhere (AEVB_CHECKPOINT_DIR)"
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,7 @@ def _fit(plan: _Plan, train_config: TrainConfig, run_id: str):
             metrics.get(C.VALID_ELBO, float("nan")),
             metrics[C.EXAMPLES_PER_SECOND],
         )
+        publish.fault_point("train_after_epoch")
 
     vae = VAE(plan.model, seed=train_config.seed)
     if train_config.theta == "full_vb":  # App. F; `vae` ends up holding the means of q(theta)
@@ -202,14 +205,16 @@ def train(
     checkpoint_root: str | None = None,
     force: bool = False,
 ) -> TrainOutput:
-    """Train on the dataset's train split (validation: valid split); returns where the model is."""
-    from models.saved import save_model
+    """Train on the dataset's train split (validation: valid split); returns where the model is.
 
+    A failure leaves the checkpoint folder only if it holds a checkpoint to resume from; storage
+    faults (read-only or full checkpoint folder) are one-line `StorageError`s naming it.
+    """
     plan = plan_training(dataset, model, train_config, data_root, version, checkpoint_root)
-    m, log = plan.manifest, logger()
+    log = logger()
     if force and os.path.isdir(plan.ckpt_dir):
-        shutil.rmtree(plan.ckpt_dir)
-    os.makedirs(plan.ckpt_dir, exist_ok=True)
+        with fs.storage_guard(plan.ckpt_dir):
+            shutil.rmtree(plan.ckpt_dir)
     run_id, done = (
         _read(os.path.join(plan.ckpt_dir, "run_id")),
         _read(os.path.join(plan.ckpt_dir, "DONE")),
@@ -219,23 +224,46 @@ def train(
             "train: identical finished run %s found (config+data unchanged); not retraining", run_id
         )
         return plan.output(run_id, json.loads(done), 0, reused=True)
+    try:
+        with fs.storage_guard(plan.ckpt_dir, CHECKPOINT_FIX):
+            os.makedirs(plan.ckpt_dir, exist_ok=True)
+        return _train_and_save(plan, train_config)
+    except BaseException:
+        _drop_unresumable(plan.ckpt_dir)
+        raise
+
+
+def _drop_unresumable(ckpt_dir: str) -> None:
+    """Remove a checkpoint folder that holds nothing to resume from (no TF checkpoint yet)."""
+    if not os.path.exists(os.path.join(ckpt_dir, "ckpt", "checkpoint")):
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the checkpoints folder too, if nothing else is there
+            os.rmdir(os.path.dirname(ckpt_dir))
+
+
+def _train_and_save(plan: _Plan, train_config: TrainConfig) -> TrainOutput:
+    from models.saved import save_model
+
+    m, log = plan.manifest, logger()
     run_id = _open_run(plan, train_config)
     try:
-        vae, result = _fit(plan, train_config, run_id)
+        with _checkpoint_faults(plan.ckpt_dir):
+            vae, result = _fit(plan, train_config, run_id)
     except TrainingDivergedError as exc:
         tracking.set_tags(run_id, {"aevb.failure": str(exc)[:500]})
         tracking.end_run(run_id, failed=True)
-        shutil.rmtree(
-            plan.ckpt_dir, ignore_errors=True
-        )  # a diverged run is never resumed or reused
+        shutil.rmtree(plan.ckpt_dir, ignore_errors=True)  # a diverged run is never resumed
+        raise
+    except StorageError as exc:
+        with contextlib.suppress(Exception):  # the tracking store may be the full one
+            tracking.set_tags(run_id, {"aevb.failure": str(exc)[:500]})
+            tracking.end_run(run_id, failed=True)  # a rerun resumes it from its checkpoint
         raise
     if result.resumed_from_epoch:
         log.info("train: resumed from epoch %d checkpoint", result.resumed_from_epoch)
-    save_model(
-        vae,
-        plan.saved_dir,
-        extra={"dataset": m.name, "dataset_version": m.version, "run_id": run_id, "scale": m.scale},
-    )
+    with _checkpoint_faults(plan.saved_dir):
+        extra = {"dataset": m.name, "dataset_version": m.version, "run_id": run_id}
+        save_model(vae, plan.saved_dir, extra={**extra, "scale": m.scale})
     tracking.set_tags(
         run_id, {"aevb.best_epoch": result.best_epoch, "aevb.stopped_early": result.stopped_early}
     )
@@ -248,6 +276,21 @@ def train(
     }
     publish.write_text_atomic(os.path.join(plan.ckpt_dir, "DONE"), json.dumps(info))
     return plan.output(run_id, info, result.resumed_from_epoch, reused=False)
+
+
+@contextlib.contextmanager
+def _checkpoint_faults(path: str):
+    """TensorFlow's checkpoint and SavedModel writes say "No space left on device" or
+    "Read-only file system" in a ResourceExhausted/FailedPrecondition/... error: one line instead."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except (OSError, tf.errors.OpError) as exc:
+        err = fs.storage_error(exc, path, CHECKPOINT_FIX)
+        if err is None:
+            raise
+        raise err from exc
 
 
 def held_out_rows(

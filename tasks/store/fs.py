@@ -8,22 +8,116 @@ Parquet reads and writes, listings and moves use the same object for a given roo
 `join` is the only way paths are built from names, and it refuses parts that could leave the base
 (empty, ".", "..", or containing a separator): a user-given name or version can never address a
 file outside its root.
+
+Storage faults are user errors: every write here turns an OSError (or a pyarrow / TensorFlow error
+with the same cause) that means a read-only, full, over-quota or not-permitted store into one
+`StorageError` naming the path and the fix (`storage_error`, `storage_guard`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import json
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from models.errors import DatasetError
+from models.errors import DatasetError, StorageError
 
 _BAD_PART_CHARS = ("/", "\\", "\x00")
+# errno -> (what is wrong with the store, how to fix it)
+_FAULTS = {
+    errno.EROFS: ("is on a read-only file system", "remount it read-write"),
+    errno.ENOSPC: ("is on a full file system", "free space on it"),
+    errno.EDQUOT: ("is over its disk quota", "free space or raise the quota"),
+    errno.EACCES: ("is not writable by this user", "fix its permissions"),
+    errno.EPERM: ("may not be written by this user", "fix its permissions"),
+}
+# How pyarrow, TensorFlow, SQLite and object stores say the same, when no errno is attached.
+_FAULT_TEXT = (
+    ("read-only file system", errno.EROFS),
+    ("no space left on device", errno.ENOSPC),
+    ("disk quota exceeded", errno.EDQUOT),
+    ("permission denied", errno.EACCES),
+    ("operation not permitted", errno.EPERM),
+)
+ELSEWHERE = (
+    "or use another data root (--data-root / AEVB_DATA_ROOT; checkpoints: AEVB_CHECKPOINT_DIR)"
+)
+
+
+def fault_errno(exc: BaseException) -> int | None:
+    """The errno of a storage fault (read-only, full, quota, permission) behind ``exc``, or None."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        code = getattr(e, "errno", None)
+        if code in _FAULTS:
+            return code
+        text = str(e).lower()
+        found = re.search(r"\[errno (\d+)\]", text)
+        if found and int(found.group(1)) in _FAULTS:
+            return int(found.group(1))
+        for needle, code in _FAULT_TEXT:
+            if needle in text:
+                return code
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def storage_error(exc: BaseException, path: str, fix: str = ELSEWHERE) -> StorageError | None:
+    """The one-line StorageError for ``exc`` if it is a storage fault while writing ``path``."""
+    if isinstance(exc, StorageError):
+        return exc
+    code = fault_errno(exc)
+    if code is None:
+        return None
+    problem, remedy = _FAULTS[code]
+    where = _existing_ancestor(path)
+    where = "it" if where == normalize(path) else where
+    return StorageError(
+        f"cannot write {path}: {where} {problem} ({os.strerror(code)}). Fix: {remedy}, {fix}"
+    )
+
+
+def _existing_ancestor(path: str) -> str:
+    """The nearest folder of ``path`` that exists (what the user can look at), locally."""
+    if not is_local(path):
+        return path
+    here = os.path.abspath(path)
+    while not os.path.exists(here) and os.path.dirname(here) != here:
+        here = os.path.dirname(here)
+    return here
+
+
+@contextlib.contextmanager
+def storage_guard(path: str, fix: str = ELSEWHERE) -> Iterator[None]:
+    """Turn a storage fault inside the block into `storage_error(exc, path)`."""
+    try:
+        yield
+    except Exception as exc:
+        err = storage_error(exc, path, fix)
+        if err is None or err is exc:
+            raise
+        raise err from exc
+
+
+def _writes(fn: Callable) -> Callable:
+    """A write whose first argument is the location written: storage faults name it."""
+
+    @functools.wraps(fn)
+    def wrapper(uri: str, *args: Any, **kwargs: Any) -> Any:
+        with storage_guard(uri):
+            return fn(uri, *args, **kwargs)
+
+    return wrapper
 
 
 def is_local(uri: str) -> bool:
@@ -168,6 +262,7 @@ def read_json(uri: str) -> dict[str, Any] | None:
     return doc
 
 
+@_writes
 def write_bytes(uri: str, data: bytes) -> None:
     """A plain (non-atomic) write; see `tasks.store.publish.write_atomic` for published files."""
     fs, path = filesystem(uri)
@@ -175,11 +270,13 @@ def write_bytes(uri: str, data: bytes) -> None:
         fh.write(data)
 
 
+@_writes
 def makedirs(uri: str) -> None:
     fs, path = filesystem(uri)
     fs.create_dir(path, recursive=True)
 
 
+@_writes
 def remove(uri: str) -> None:
     """Remove a file or a folder tree; nothing happens when it does not exist."""
     fs, path = filesystem(uri)
@@ -191,6 +288,7 @@ def remove(uri: str) -> None:
             fs.delete_file(path)
 
 
+@_writes
 def copy_tree(src: str, dst: str, *, last: tuple[str, ...] = ()) -> None:
     """Copy every file under ``src`` to the same relative place under ``dst``; files whose name
     is in ``last`` are copied after all others (completeness markers)."""
@@ -212,6 +310,7 @@ def open_parquet(uri: str) -> Iterator[pq.ParquetFile]:
         yield pq.ParquetFile(fh)
 
 
+@_writes
 def parquet_writer(uri: str, schema: Any, **options: Any) -> pq.ParquetWriter:
     fs, path = filesystem(uri)
     return pq.ParquetWriter(path, schema, filesystem=fs, **options)
@@ -219,7 +318,8 @@ def parquet_writer(uri: str, schema: Any, **options: Any) -> pq.ParquetWriter:
 
 def write_parquet(table: Any, uri: str, **options: Any) -> None:
     fs, path = filesystem(uri)
-    pq.write_table(table, path, filesystem=fs, **options)
+    with storage_guard(uri):
+        pq.write_table(table, path, filesystem=fs, **options)
 
 
 def read_parquet(uri: str, **options: Any) -> Any:

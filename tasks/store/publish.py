@@ -52,13 +52,14 @@ def write_atomic(uri: str, data: bytes) -> None:
         return
     tmp = f"{uri}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, uri)
+        with fs.storage_guard(uri):
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, uri)
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.remove(tmp)
 
 
@@ -69,7 +70,7 @@ def write_text_atomic(uri: str, text: str) -> None:
 # ----------------------------------------------------------------------------- ownership
 
 
-def _process_start(pid: int) -> str:
+def process_start(pid: int) -> str:
     """Start time of ``pid`` in clock ticks since boot ('' if unknown): tells pid reuse apart."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
@@ -78,14 +79,29 @@ def _process_start(pid: int) -> str:
         return ""
 
 
-def _host() -> str:
+def host_name() -> str:
+    """This host's name as it appears in owner tokens and lock holder records."""
     return "".join(c if c.isalnum() else "-" for c in socket.gethostname())[:40] or "host"
 
 
 def owner_token() -> str:
     """``<host>.<pid>.<start>.<random>``: who writes a stage, readable from its name alone."""
     pid = os.getpid()
-    return f"{_host()}.{pid}.{_process_start(pid) or 0}.{uuid.uuid4().hex[:8]}"
+    return f"{host_name()}.{pid}.{process_start(pid) or 0}.{uuid.uuid4().hex[:8]}"
+
+
+def process_alive(pid: int, start: str = "0") -> bool:
+    """True if process ``pid`` of THIS host runs and (when ``start`` is known, not "0" or "")
+    is the same process that had that start time, not a later one that reused the pid."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    return start in ("0", "", process_start(pid))
 
 
 def _owner_alive(token: str, stage: str) -> bool:
@@ -94,16 +110,8 @@ def _owner_alive(token: str, stage: str) -> bool:
         pid_n = int(pid)
     except ValueError:
         return False  # not a name we write: an abandoned stage of an older layout
-    if host == _host():
-        if pid_n == os.getpid():
-            return True
-        try:
-            os.kill(pid_n, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass  # alive, another user's
-        return start in ("0", _process_start(pid_n))
+    if host == host_name():
+        return process_alive(pid_n, start)
     return time.time() - _renewed_at(stage) < LEASE_SECONDS
 
 
@@ -202,6 +210,11 @@ def publish(stage: Stage, marker: str | None = None, marker_text: str | None = N
     Locally a kill leaves the old folder or the new one at the final place, never a mix. On object
     stores the marker is removed first, so a half-copied folder is never marked complete.
     """
+    with fs.storage_guard(stage.final):
+        _publish(stage, marker, marker_text)
+
+
+def _publish(stage: Stage, marker: str | None, marker_text: str | None) -> None:
     src, dst = stage.uri, stage.final
     if stage._remote:
         if marker is not None:
@@ -228,5 +241,6 @@ def recover(final: str) -> None:
     base, leaf = fs.parent(final), fs.basename(final)
     for name in sorted(fs.list_dirs(base)):
         if name.startswith(f".{leaf}{OLD_MARK}"):
-            os.rename(fs.join(base, name), final)
+            with fs.storage_guard(final):
+                os.rename(fs.join(base, name), final)
             return

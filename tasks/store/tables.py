@@ -183,7 +183,8 @@ def publish_table(final: str, fill: Callable[[str], dict[str, Any]]) -> dict[str
     """
     publish.recover(final)
     with publish.Stage(final) as stage:
-        doc = fill(stage.uri)
+        with fs.storage_guard(final):  # a part that hit a full disk: one line, stage removed
+            doc = fill(stage.uri)
         doc.setdefault("created_at", now_iso())
         publish.fault_point("table_before_publish")
         text = json.dumps(doc, indent=2, sort_keys=True) + "\n"

@@ -77,14 +77,35 @@ def test_is_metrics_and_per_point_artifact_land_in_the_run(registered) -> None:
     assert metrics[C.TEST_LOG_MARGINAL_LIKELIHOOD] == pytest.approx(ev.log_marginal_likelihood)
     assert metrics[C.TEST_ELBO] == pytest.approx(ev.elbo)
     assert ev.elbo <= ev.log_marginal_likelihood + 1e-6  # estimator B is a lower bound too
-    assert ev.per_point_artifact == "evaluation/test-is-per-point.parquet"
-    table = _per_point(run_id, "test-is-per-point.parquet", registered["tmp"] / "dl-is")
+    assert ev.per_point_artifact == "evaluation/test-is-k64-per-point.parquet"
+    table = _per_point(run_id, "test-is-k64-per-point.parquet", registered["tmp"] / "dl-is")
     assert table.num_rows == ev.rows == 40
     assert table.column(C.COL_ID).to_pylist()[:2] == ["test-0-0", "test-0-1"]  # stored order
     mean = float(np.mean(table.column("log_marginal").to_numpy()))
     assert mean == pytest.approx(ev.log_marginal_likelihood, rel=1e-9)
     assert table.schema.metadata[b"aevb.run_id"] == run_id.encode()
+    assert table.schema.metadata[b"aevb.score_kind"] == b"log-probability:bernoulli"
+    assert ev.score_kind == "log-probability:bernoulli" and ev.seed == 0
     assert ev.table_artifact is None  # not inside a Prefect run: nothing published
+
+
+def test_estimates_with_another_k_never_overwrite_each_other(registered) -> None:
+    from tasks.evaluate import evaluate
+
+    run_id, first = registered["run_id"], registered["is"]  # K = 64, logged by the fixture
+    r = registered
+    small = evaluate(r["saved"], DATASET, None, r["root"], C.TEST, 8, run_id=run_id, seed=1)
+    history = tracking.client().get_metric_history(run_id, C.TEST_LOG_MARGINAL_LIKELIHOOD)
+    by_k = {m.step: m.value for m in history}
+    assert by_k[64] == pytest.approx(first.log_marginal_likelihood)
+    assert by_k[8] == pytest.approx(small.log_marginal_likelihood)
+    # The run's headline value stays the estimate with the most samples (MLflow: largest step).
+    assert _run_metrics(run_id)[C.TEST_LOG_MARGINAL_LIKELIHOOD] == by_k[64]
+    names = tracking.list_artifacts(run_id, "evaluation")
+    assert {
+        "evaluation/test-is-k64-per-point.parquet",
+        "evaluation/test-is-k8-per-point.parquet",
+    } <= set(names)
 
 
 def test_cli_ais_agrees_with_large_k_is_and_never_overwrites_is_metrics(
@@ -100,14 +121,14 @@ def test_cli_ais_agrees_with_large_k_is_and_never_overwrites_is_metrics(
         "--num-steps", "300", "--leapfrog-steps", "3",
     )  # fmt: skip
     assert rc == 0, err
-    assert "AIS estimate" in out and "evaluation/test-ais-per-point.parquet" in out
+    assert "AIS estimate" in out and "evaluation/test-ais-k4000-per-point.parquet" in out
     after = _run_metrics(run_id)
     for key in (C.TEST_LOG_MARGINAL_LIKELIHOOD, C.TEST_ELBO, C.TEST_KL):
         assert after[key] == before[key]  # the IS numbers are untouched
     assert {"test_ais_log_marginal_likelihood", "test_ais_log_marginal_likelihood_stderr",
             "test_ais_is_log_marginal_likelihood"} <= set(after)  # fmt: skip
 
-    table = _per_point(run_id, "test-ais-per-point.parquet", registered["tmp"] / "dl-ais")
+    table = _per_point(run_id, "test-ais-k4000-per-point.parquet", registered["tmp"] / "dl-ais")
     ais = table.column("log_marginal").to_numpy()
     is_k = table.column("is_log_marginal").to_numpy()
     assert table.num_rows == 4 and table.schema.metadata[b"aevb.method"] == b"ais"
@@ -143,7 +164,7 @@ def test_cli_hmc_maps_its_options_and_logs_under_its_own_names(prefect_harness, 
     assert {"test_hmc_log_marginal_likelihood", "test_hmc_is_log_marginal_likelihood"} <= set(
         metrics
     )
-    table = _per_point(run_id, "test-hmc-per-point.parquet", registered["tmp"] / "dl-hmc")
+    table = _per_point(run_id, "test-hmc-k2000-per-point.parquet", registered["tmp"] / "dl-hmc")
     meta = table.schema.metadata
     assert table.num_rows == 2 and meta[b"aevb.method"] == b"hmc"
     # --num-steps is the number of kept draws for hmc, --burnin its burn-in

@@ -144,5 +144,5 @@ def test_table_artifact_and_mlflow_artifact_inside_a_flow(
     assert artifacts and artifacts[0].type == "table"
     assert "test_log_marginal_likelihood" in str(artifacts[0].data)
     assert tracking.list_artifacts(run_id, evio.ARTIFACT_DIR) == [
-        "evaluation/test-is-per-point.parquet"
+        "evaluation/test-is-k5-per-point.parquet"
     ]

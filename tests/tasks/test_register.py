@@ -300,3 +300,102 @@ def test_models_cli_user_errors_exit_2_with_one_line(env, capsys):
         rc, _, err = _cli(capsys, *argv)
         assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, (argv, err)
     assert _aliases("cli-errors") == {"champion": 1, "challenger": 1}
+
+
+# -- comparability (like with like) -------------------------------------------------------------
+def _save(path, feature_shape=(4, 4), likelihood="bernoulli", seed=3) -> str:
+    from models.config import ModelConfig
+    from models.saved import save_model
+    from models.vae import VAE
+
+    config = ModelConfig(
+        feature_shape=feature_shape, latent_dim=2, hidden_sizes=(8,), likelihood=likelihood
+    )
+    return save_model(VAE(config, seed=seed), str(path))
+
+
+def test_another_dataset_under_the_same_name_is_a_challenger_with_the_reason(env, tmp_path):
+    name = "gate-other-dataset"
+    _register(env, name, -50.0)
+    other_version = write_dataset(env["root"], "otherdata", feature_shape=(3, 3), seed=5)
+    model = _save(tmp_path / "other", feature_shape=(3, 3))
+    out = R.register(
+        _run(), model, "otherdata", other_version, 1e6, name=name, data_root=env["root"]
+    )  # a huge score on other data must not win, and nothing is re-scored (no TF traceback)
+    assert (out.version, out.promoted, out.comparable) == (2, False, False)
+    assert "trained on dataset 'regdata', the candidate on 'otherdata'" in out.reason
+    assert _aliases(name) == {"champion": 1, "challenger": 2}
+    tags = tracking.get_version(name, 2).tags
+    assert tags[R.TAG_COMPARABLE] == "false" and tags[R.TAG_REASON] == out.reason
+    assert tags[R.TAG_DECISION] == f"kept champion: not comparable: {out.reason}"
+    assert tags[R.TAG_CHAMPION] == "" and tags[R.TAG_CHAMPION_VERSION] == "1"
+    assert not [k for k in tracking.get_version(name, 1).tags if "otherdata" in k]
+
+
+def test_a_density_is_never_compared_with_a_probability(env, tmp_path):
+    name = "gate-kind"
+    _register(env, name, -50.0)  # Bernoulli: a log-probability
+    dense = _save(tmp_path / "cb", likelihood="continuous_bernoulli")
+    out = R.register(_run(), dense, "regdata", env["v_old"], 2.0, name=name, data_root=env["root"])
+    assert not out.promoted and not out.comparable
+    assert "log-probability:bernoulli" in out.reason
+    assert "log-density:continuous_bernoulli" in out.reason
+    assert tracking.get_version(name, 2).tags[R.TAG_SCORE_KIND] == (
+        "log-density:continuous_bernoulli"
+    )
+    assert _aliases(name)["champion"] == 1
+
+
+def test_another_feature_shape_of_the_same_dataset_is_not_compared(env, tmp_path):
+    name = "gate-shape"
+    v44 = write_dataset(env["root"], "shapes", feature_shape=(4, 4), seed=7)
+    v28 = write_dataset(env["root"], "shapes", feature_shape=(2, 8), seed=7)
+    R.register(_run(), env["model_a"], "shapes", v44, -50.0, name=name, data_root=env["root"])
+    model = _save(tmp_path / "m28", feature_shape=(2, 8))
+    out = R.register(_run(), model, "shapes", v28, 10.0, name=name, data_root=env["root"])
+    assert not out.promoted and "feature shape [4, 4], the candidate [2, 8]" in out.reason
+
+
+def test_a_registered_but_ungated_version_is_gated_later_from_its_tags(env):
+    name = "gate-later"
+    _register(env, name, -50.0, eval_num_samples=8)
+    args = (_run(), env["model_b"], "regdata", env["v_old"], -40.0, name, env["root"])
+    mv = R.register_version(*args, eval_num_samples=8)
+    assert R.TAG_DECISION not in mv.tags and _aliases(name) == {"champion": 1, "challenger": 1}
+    assert not R.is_gated(mv, env["v_old"], C.TEST, 8, 0)
+    out = R.gate_version(name, mv.version, env["root"], eval_num_samples=8)
+    assert out.promoted and out.candidate_log_marginal_likelihood == -40.0
+    assert _aliases(name) == {"champion": 2, "challenger": 2}
+    gated = tracking.get_version(name, 2)
+    assert R.is_gated(gated, env["v_old"], C.TEST, 8, 0)
+    assert (
+        gated.tags[R.TAG_EVAL] == f"split=test K=8 seed=0 method=is dataset_version={env['v_old']}"
+    )
+    assert not R.is_gated(gated, env["v_old"], C.TEST, 16, 0)  # other settings: not gated yet
+    with pytest.raises(ModelError, match="no recorded log p\\(x\\) for split=test K=16"):
+        R.gate_version(name, 2, env["root"], eval_num_samples=16)
+    again = R.gate_version(name, 2, env["root"], eval_num_samples=8)  # the champion itself
+    assert again.promoted and again.decision.startswith("champion: v2 is the champion")
+
+
+def test_a_champion_registered_without_comparability_tags_is_read_from_its_model(env, tmp_path):
+    name = "gate-old-champion"
+    _register(env, name, -50.0, eval_num_samples=8)
+    c = tracking.client()
+    for key in (R.TAG_FEATURE_SHAPE, R.TAG_SCORE_KIND):  # as an older release registered it
+        c.delete_model_version_tag(name, "1", key)
+    dense = _save(tmp_path / "gauss", likelihood="gaussian")
+    args = (_run(), dense, "regdata", env["v_old"], 5.0, name, env["root"])
+    out = R.register(*args, eval_num_samples=8)
+    assert not out.comparable and "log-probability:bernoulli" in out.reason
+
+
+def test_a_decision_of_an_older_release_counts_as_gated_under_the_same_settings():
+    legacy = "split=test K=8 seed=0 dataset_version=0123456789abcdef"  # no method= (IS only)
+    tags = {R.TAG_DECISION: "promoted: no champion yet", R.TAG_EVAL: legacy}
+    v = tracking.RegisteredVersion("m", 1, "run", "src", tags, ())
+    assert R.is_gated(v, "0123456789abcdef", C.TEST, 8, 0)
+    assert not R.is_gated(v, "0123456789abcdef", C.TEST, 16, 0)
+    assert not R.is_gated(
+        tracking.RegisteredVersion("m", 1, "run", "src", {}, ()), "x", C.TEST, 8, 0
+    )
