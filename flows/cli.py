@@ -171,6 +171,7 @@ VERBS = (
     "pipeline",
     "serve",
     "reproduce",
+    "config",
 )
 
 
