@@ -63,8 +63,11 @@ def _tensorflow_startup_filtered() -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
             tmp.seek(0)
-            kept = [ln for ln in tmp.read().splitlines(True) if not _TF_STARTUP_NOISE.search(
-                ln.decode("utf-8", "replace"))]  # fmt: skip
+            kept = [
+                ln
+                for ln in tmp.read().splitlines(True)
+                if not _TF_STARTUP_NOISE.search(ln.decode("utf-8", "replace"))
+            ]
             if kept:
                 os.write(2, b"".join(kept))
 

@@ -185,9 +185,11 @@ def common_keys_epilog() -> str:
         choices = d.allowed.removeprefix("one of ").replace('"', "")
         text = d.meaning.split(";")[0] + (f" [{choices}]" if d.allowed.startswith("one of") else "")
         lines += textwrap.wrap(
-            text, 98, initial_indent=f"  {key + '=' + shell_value(d):<30}  ",
+            text,
+            98,
+            initial_indent=f"  {key + '=' + shell_value(d):<30}  ",
             subsequent_indent=" " * 34,
-        )  # fmt: skip
+        )
     lines.append("every section and key with type, default and allowed values: aevb config show")
     lines.append("the presets' defaults: aevb config show --preset paper | fast")
     return "\n".join(lines)

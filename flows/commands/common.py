@@ -17,9 +17,10 @@ class HelpFormatter(argparse.HelpFormatter):
 
         out = []
         for line in text.splitlines():
-            keep = line[:1].isspace() or not line
-            out += [indent + line] if keep else textwrap.wrap(line, width, initial_indent=indent,
-                                                              subsequent_indent=indent)  # fmt: skip
+            if line[:1].isspace() or not line:
+                out.append(indent + line)
+            else:
+                out += textwrap.wrap(line, width, initial_indent=indent, subsequent_indent=indent)
         return "\n".join(out)
 
     def _get_help_string(self, action: argparse.Action) -> str:

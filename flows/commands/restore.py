@@ -174,4 +174,8 @@ def format_restore(out: Any) -> str:
             )
     for k, v in out.diagnostics.items():
         lines.append(f"  {k}: {v:.4g}")
+    if out.picture:
+        lines.append(f"  before/after picture (degraded | restored | clean): {out.picture}")
+    if out.picture_artifact:
+        lines.append(f"  logged to the model's MLflow run: {out.picture_artifact}")
     return "\n".join(lines)

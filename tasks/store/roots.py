@@ -4,8 +4,9 @@
                       the user data folder (~/.local/share/aevb; $XDG_DATA_HOME/aevb when set;
                       ~/Library/Application Support/aevb on macOS; %LOCALAPPDATA%\\aevb on Windows)
     data root         explicit argument > $AEVB_DATA_ROOT > <base>/data
-    checkpoints       $AEVB_CHECKPOINT_DIR > <data root>/checkpoints (local roots) or
-                      <base>/checkpoints (remote roots: TF checkpoints are local files)
+    checkpoints       $AEVB_CHECKPOINT_DIR > <data root>/checkpoints (local roots); for remote
+                      roots (TF checkpoints are local files) $AEVB_HOME/checkpoints, else the
+                      user cache folder (~/.cache/aevb/checkpoints; $XDG_CACHE_HOME/aevb/...)
     MLflow store      $MLFLOW_TRACKING_URI > SQLite under $AEVB_MLFLOW_DIR > <base>/mlflow
 
 Nothing is derived from where the code is installed: an installed wheel never writes into
@@ -68,6 +69,15 @@ def user_data_dir() -> Path:
     return Path(base) / "aevb"
 
 
+def user_cache_dir() -> Path:
+    """The per-user cache folder of the platform, with an `aevb` folder inside it."""
+    if sys.platform == "win32":
+        return user_data_dir() / "cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "aevb"
+    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "aevb"
+
+
 def store_base() -> tuple[Path, str]:
     """(folder the default stores go under, why): $AEVB_HOME, the checkout, or the user folder."""
     if os.environ.get(ENV_HOME):
@@ -95,13 +105,15 @@ def default_mlflow_dir() -> Path:
 
 
 def default_checkpoint_root(data_root: str) -> str:
-    """Checkpoints are local TF files: beside a local data root, else under the base folder."""
+    """Checkpoints are local TF files: beside a local data root, else in a local folder."""
     if os.environ.get(ENV_CHECKPOINT_DIR):
         return fs.normalize(os.environ[ENV_CHECKPOINT_DIR])
     root = fs.normalize(data_root)
     if fs.is_local(root):
         return os.path.join(root, "checkpoints")
-    return str(store_base()[0] / "checkpoints")
+    if os.environ.get(ENV_HOME):
+        return str(store_base()[0] / "checkpoints")
+    return str(user_cache_dir() / "checkpoints")
 
 
 def describe() -> list[tuple[str, str, str]]:

@@ -20,14 +20,22 @@ OUR_MESSAGES = re.compile(
     r"^(\[[1-5]/5\] |aevb: TensorFlow \S+ on (CPU|GPU) |epoch \d+/\d+ |evaluate\[is\] |export[: ]"
     r"|register: |train: )"
 )
-FAST = ["train.epochs=1", "model.hidden_sizes=[16]", "model.latent_dim=2",
-        "evaluate.num_samples=8", "export.splits=['test']"]  # fmt: skip
+FAST = [
+    "train.epochs=1",
+    "model.hidden_sizes=[16]",
+    "model.latent_dim=2",
+    "evaluate.num_samples=8",
+    "export.splits=['test']",
+]
 
 
 def _user_env(tmp_path) -> dict[str, str]:
     """A user's environment: none of the test session's quieting switches, fresh stores."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AEVB_", "TF_", "MLFLOW_", "PREFECT_", "PYTHONWARNINGS"))}  # fmt: skip
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AEVB_", "TF_", "MLFLOW_", "PREFECT_", "PYTHONWARNINGS"))
+    }
     env.update(AEVB_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect-home"))
     return env
 
@@ -43,15 +51,27 @@ def _foreign(stderr: str) -> list[str]:
 
 
 def test_help_writes_nothing_to_stderr(tmp_path):
-    out = subprocess.run([AEVB, "--help"], capture_output=True, text=True, env=_user_env(tmp_path),
-                         cwd=tmp_path, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        [AEVB, "--help"],
+        capture_output=True,
+        text=True,
+        env=_user_env(tmp_path),
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert out.returncode == 0 and out.stderr == "" and "usage: aevb" in out.stdout
 
 
 @pytest.mark.slow
 def test_a_pipeline_run_writes_only_our_own_lines_to_stderr(tmp_path):
-    out = subprocess.run([AEVB, "pipeline", "digits", *FAST], capture_output=True, text=True,
-                         env=_user_env(tmp_path), cwd=tmp_path, timeout=900)  # fmt: skip
+    out = subprocess.run(
+        [AEVB, "pipeline", "digits", *FAST],
+        capture_output=True,
+        text=True,
+        env=_user_env(tmp_path),
+        cwd=tmp_path,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert _foreign(out.stderr) == [], "\n".join(_foreign(out.stderr))
     devices = [ln for ln in out.stderr.splitlines() if "aevb: TensorFlow" in ln]

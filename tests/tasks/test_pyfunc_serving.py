@@ -50,10 +50,27 @@ def served(tmp_path_factory):
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "PATH": path}
     log = open(tmp / "serve.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/aevb-srv@champion",
-         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            "models:/aevb-srv@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        cwd=tmp,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240

@@ -76,16 +76,20 @@ def test_logged_model_has_no_pickle_a_signature_an_example_and_pinned_requiremen
     outputs = {o["name"]: o for o in json.loads(mlmodel["signature"]["outputs"])}
     assert list(outputs) == ["z_mean", "z_std", "reconstruction"]  # one per params["output"]
     assert {n: o["tensor-spec"]["shape"] for n, o in outputs.items()} == {
-        "z_mean": [-1, LATENT], "z_std": [-1, LATENT], "reconstruction": [-1, 16],
-    }  # fmt: skip
+        "z_mean": [-1, LATENT],
+        "z_std": [-1, LATENT],
+        "reconstruction": [-1, 16],
+    }
     [param] = json.loads(mlmodel["signature"]["params"])
     assert (param["name"], param["default"]) == ("output", "z_mean")
     example = json.loads((local / "input_example.json").read_text())
     assert np.asarray(example).shape == (5, 16)
     assert (local / "requirements.txt").read_text().split() == tracking.pip_requirements()
     assert {r.split("==")[0] for r in tracking.pip_requirements()} == {
-        "mlflow", "tensorflow", "numpy"
-    }  # fmt: skip
+        "mlflow",
+        "tensorflow",
+        "numpy",
+    }
 
 
 def test_metadata_says_the_input_scale_shape_and_range_and_each_output(champion):
@@ -144,8 +148,14 @@ def test_float64_ints_lists_and_dataframes_are_accepted_and_cast(champion):
     model = mlflow.pyfunc.load_model("models:/aevb-std@champion")
     x = champion["x"]
     want = _expected(champion["saved"], x)
-    for given in (x.astype(np.float64), x.astype(np.int64), x.astype(np.uint8), x.tolist(),
-                  pd.DataFrame(x), pd.DataFrame(x.astype(np.float64), columns=[f"p{i}" for i in range(16)])):  # fmt: skip
+    for given in (
+        x.astype(np.float64),
+        x.astype(np.int64),
+        x.astype(np.uint8),
+        x.tolist(),
+        pd.DataFrame(x),
+        pd.DataFrame(x.astype(np.float64), columns=[f"p{i}" for i in range(16)]),
+    ):
         for output in ("z_mean", "reconstruction"):
             got = model.predict(given, params={"output": output})
             assert got.dtype == np.float32 and got.shape == want[output].shape
@@ -189,11 +199,20 @@ def test_a_process_without_this_project_gets_the_same_predictions(champion, tmp_
     env["MLFLOW_TRACKING_URI"] = champion["uri"]
     proc = subprocess.run(
         [
-            sys.executable, "-I", str(script), str(REPO), "models:/aevb-std@champion",
-            str(work / "x.npy"), str(work / "out.npz"),
+            sys.executable,
+            "-I",
+            str(script),
+            str(REPO),
+            "models:/aevb-std@champion",
+            str(work / "x.npy"),
+            str(work / "out.npz"),
         ],
-        cwd=work, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["project_modules_loaded"] == []

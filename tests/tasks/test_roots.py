@@ -11,8 +11,15 @@ import pytest
 from tasks import tracking
 from tasks.store import roots
 
-VARS = ("AEVB_HOME", "AEVB_DATA_ROOT", "AEVB_MLFLOW_DIR", "AEVB_CHECKPOINT_DIR", "XDG_DATA_HOME",
-        "MLFLOW_TRACKING_URI")  # fmt: skip
+VARS = (
+    "AEVB_HOME",
+    "AEVB_DATA_ROOT",
+    "AEVB_MLFLOW_DIR",
+    "AEVB_CHECKPOINT_DIR",
+    "XDG_CACHE_HOME",
+    "XDG_DATA_HOME",
+    "MLFLOW_TRACKING_URI",
+)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -90,9 +97,11 @@ def test_each_variable_wins_over_the_base_and_arguments_win_over_variables(clean
     assert tracking.tracking_uri() == "http://127.0.0.1:5000"
 
 
-def test_remote_data_roots_keep_checkpoints_under_the_local_base(clean):
-    base = clean / "home" / ".local" / "share" / "aevb"
-    assert roots.default_checkpoint_root("s3://bucket/team") == str(base / "checkpoints")
+def test_remote_data_roots_keep_checkpoints_in_a_local_folder(clean, monkeypatch):
+    cache = clean / "home" / ".cache" / "aevb" / "checkpoints"
+    assert roots.default_checkpoint_root("s3://bucket/team") == str(cache)
+    monkeypatch.setenv("AEVB_HOME", str(clean / "h"))
+    assert roots.default_checkpoint_root("s3://bucket/team") == str(clean / "h" / "checkpoints")
 
 
 def test_nothing_is_derived_from_where_the_code_is_installed(clean):
