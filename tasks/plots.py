@@ -296,25 +296,28 @@ def plot_restoration(
     feature_shape: Sequence[int],
     path: str,
     title: str,
+    mask: np.ndarray | None = None,
 ) -> str:
     """Before/after grid, one example per row: degraded | restored | clean (when known).
 
-    Images get one cell per picture (a super-resolution input keeps its smaller shape); other
-    data is drawn as profiles, the restored line over the clean one and the degraded dots.
+    Images get one cell per picture (a super-resolution input keeps its smaller shape; entries
+    that ``mask`` marks missing, 0, are red); other data is drawn as profiles, the restored line
+    over the clean one and the degraded dots.
     """
-    panels = [
-        ("degraded", degraded, degraded_shape),
-        (f"restored ({title})", restored, feature_shape),
-    ]
+    name = "degraded" + ("\n(red: missing)" if mask is not None else "")
+    panels = [(name, degraded, degraded_shape), (f"restored\n({title})", restored, feature_shape)]
     if clean is not None:
         panels.append(("clean", clean, feature_shape))
     shapes = [image_shape(shape) for _, _, shape in panels]
     n = len(restored)
     if all(s is not None for s in shapes):
-        fig = Figure(figsize=(1.6 * len(panels) + 0.4, 1.5 * n + 0.6))
+        fig = Figure(figsize=(1.8 * len(panels) + 0.4, 1.5 * n + 0.8))
         axes = np.asarray(fig.subplots(n, len(panels), squeeze=False))
         for col, ((name, x, _), shape) in enumerate(zip(panels, shapes, strict=True)):
             images = _as_images(x, shape)
+            if col == 0 and mask is not None and len(shape) == 2:
+                images = np.repeat(images[..., None], 3, axis=-1)
+                images[mask.reshape(images.shape[:3]) < 0.5] = (1.0, 0.15, 0.15)
             for row in range(n):
                 _show_mosaic(axes[row, col], images[row], name if row == 0 else "")
         return _save(fig, path)

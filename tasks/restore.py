@@ -169,11 +169,12 @@ def before_after_picture(final, sample, p, spec, method, run_id) -> tuple[str | 
         return None, None
     degraded, restored = (np.concatenate(sample[k]) for k in ("degraded", "restored"))
     clean = np.concatenate(sample["clean"]) if sample.get("clean") else None
+    mask = np.concatenate(sample["mask"]) if sample.get("mask") else None
     artifact = None
     with tempfile.TemporaryDirectory(prefix="aevb-restore-") as tmp:
         local = os.path.join(tmp, f"{method}.png")
         shapes = (p["degraded"].feature_shape, spec.feature_shape)
-        plots.plot_restoration(degraded, restored, clean, *shapes, local, method)
+        plots.plot_restoration(degraded, restored, clean, *shapes, local, method, mask=mask)
         with open(local, "rb") as fh:
             publish.write_atomic(picture_path(final), fh.read())
         if run_id:
@@ -196,13 +197,11 @@ def _restore_fill(p, spec, restorer, method, splits, s, schema, sample) -> Calla
             return upsample_nearest(y, spec.feature_shape, spec.factor)
         return y
 
-    def keep_for_picture(y, x, clean) -> None:
+    def keep_for_picture(y, x, clean, mask) -> None:
         room = PICTURE_ROWS - sum(len(a) for a in sample.get("restored", []))
-        if room > 0:
-            sample.setdefault("degraded", []).append(np.asarray(y[:room]))
-            sample.setdefault("restored", []).append(np.asarray(x[:room]))
-            if clean is not None:
-                sample.setdefault("clean", []).append(np.asarray(clean[:room]))
+        for key, rows in (("degraded", y), ("restored", x), ("clean", clean), ("mask", mask)):
+            if room > 0 and rows is not None:
+                sample.setdefault(key, []).append(np.asarray(rows[:room]))
 
     def fill(open_part) -> dict[str, Any]:
         rows, metrics, diag, batch_no = 0, {}, {}, 0
@@ -222,7 +221,7 @@ def _restore_fill(p, spec, restorer, method, splits, s, schema, sample) -> Calla
                     for k, v in d.items():
                         diag.setdefault(k, []).append(v)
                     writer.write_table(tables.restored_batch(schema, ids, split, labels, x.numpy()))
-                    keep_for_picture(y, x.numpy(), clean)
+                    keep_for_picture(y, x.numpy(), clean, mask)
                     progress.add(len(ids))
                     if clean is not None:
                         b = baseline(tf.constant(y), mask)

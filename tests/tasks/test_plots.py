@@ -131,6 +131,7 @@ def test_restoration_grid_has_a_row_per_example_and_a_column_per_stage(
     rng = np.random.default_rng(0)
     n = 4
     d, dd = math.prod(shape), math.prod(degraded_shape)
+    mask = (rng.random((n, dd)) < 0.5).astype(np.float32) if dd == d else None
     path = plots.plot_restoration(
         rng.random((n, dd)),
         rng.random((n, d)),
@@ -139,6 +140,7 @@ def test_restoration_grid_has_a_row_per_example_and_a_column_per_stage(
         shape,
         str(tmp_path / "grid.png"),
         "map",
+        mask=mask,
     )
     with Image.open(path) as img:
         assert img.format == "PNG"
