@@ -119,8 +119,9 @@ def _load_tensorflow(exec_module: Callable, module: Any) -> None:
 
 
 def _load_prefect(exec_module: Callable, module: Any) -> None:
-    exec_module(module)  # prefect.main configures Prefect's logging
+    exec_module(module)  # prefect.main configures Prefect's logging: only now are there handlers
     _quiet_prefect_console()
+    _quiet_user_error_tracebacks()  # (called from main() too, before Prefect has configured them)
 
 
 def _set_up_console() -> None:

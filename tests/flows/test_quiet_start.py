@@ -95,3 +95,19 @@ def test_the_filter_recognises_what_it_must_drop():
     from flows import cli
 
     assert all(cli._TF_STARTUP_NOISE.search(line) for line in noise[:2])
+
+
+@pytest.mark.slow
+def test_a_user_error_inside_a_flow_is_one_line_without_a_traceback(tmp_path):
+    out = subprocess.run(
+        [AEVB, "export", "--model", "models:/nosuch@champion", "--dataset", "nosuch"],
+        capture_output=True,
+        text=True,
+        env=_user_env(tmp_path),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("aevb export: error:")]
+    assert len(errors) == 1 and "nosuch" in errors[0]
