@@ -10,7 +10,7 @@ export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: run test test-fast lint bench ui clean-stores install install-dev
+.PHONY: run test test-fast lint bench ui clean-stores install install-dev wheel
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "aevb-pipeline needs Python >= 3.10")'
@@ -29,6 +29,11 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# The package as users install it (see README "Install as a package"; CI: .ci/wheel-smoke).
+wheel: $(BIN)/python
+	$(PIP) wheel --quiet --no-deps --wheel-dir dist .
+	@ls dist/*.whl
+
 run: $(VENV)/.installed
 	$(BIN)/aevb pipeline digits $(ARGS)
 
@@ -44,8 +49,10 @@ lint: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/train_throughput.py
 
+# The embedded MLflow store the CLI uses from this folder (README "Where data and stores go").
+MLFLOW_DIR = $(or $(AEVB_MLFLOW_DIR),$(if $(AEVB_HOME),$(AEVB_HOME)/mlflow,$(CURDIR)/mlflow))
 ui: $(VENV)/.installed
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db --default-artifact-root $(CURDIR)/mlflow/artifacts --host 127.0.0.1 --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_DIR)/mlflow.db --default-artifact-root $(MLFLOW_DIR)/artifacts --host 127.0.0.1 --port 5000
 
 clean-stores:
 	rm -rf data/datasets data/latents data/restored data/checkpoints mlflow/mlflow.db mlflow/artifacts

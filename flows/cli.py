@@ -17,22 +17,157 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.abc
+import importlib.util
 import logging
 import os
 import re
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from typing import Any
 
-# Offline machine, and nobody wants telemetry from a batch job: set before prefect/mlflow import.
+# -- environment and console set-up (before TensorFlow, Prefect or MLflow is imported) ----------
+# Offline machine, and nobody wants telemetry from a batch job. TF's C++ log: errors only (its
+# INFO/WARNING lines say nothing a user can act on); MLflow's INFO lines ("Creating initial MLflow
+# database tables...") off, its warnings kept. AEVB_QUIET=0 keeps every third-party line.
+QUIET = os.environ.get("AEVB_QUIET", "1").strip().lower() not in ("0", "false", "no", "off")
 for _k, _v in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "true",
     "MLFLOW_DISABLE_TELEMETRY": "true",
-    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "TF_CPP_MIN_LOG_LEVEL": "2" if QUIET else "0",
+    **({"MLFLOW_LOGGING_LEVEL": "WARNING"} if QUIET else {}),
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
 }.items():
     os.environ.setdefault(_k, _v)
+
+# What TensorFlow's C++ core writes to stderr while it loads, before its log level applies (or,
+# for cuInit, as an ERROR): noise on a machine without an NVIDIA driver. Nothing forces the CPU:
+# with a GPU and its driver present, cuInit errors are real and stay visible.
+_NVIDIA_DRIVER = os.path.exists("/proc/driver/nvidia/version")
+_TF_STARTUP_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|cudart_stub\.cc.*Could not find cuda drivers|Unable to register cu(DNN|FFT|BLAS) factory"
+    r"|TF-TRT Warning: Could not find TensorRT|oneDNN custom operations are on"
+    r"|cpu_feature_guard\.cc|rebuild TensorFlow with the appropriate compiler flags"
+    + ("" if _NVIDIA_DRIVER else r"|failed call to cuInit")
+)
+
+
+@contextlib.contextmanager
+def _tensorflow_startup_filtered() -> Iterator[None]:
+    """Send fd 2 to a temp file while TF loads; then replay every line that is not start-up noise
+    (lines other threads wrote meanwhile are kept, only delayed)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [
+                ln
+                for ln in tmp.read().splitlines(True)
+                if not _TF_STARTUP_NOISE.search(ln.decode("utf-8", "replace"))
+            ]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
+def device_line(tf: Any) -> str:
+    """Our one line saying where TensorFlow computes."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = []
+        for gpu in gpus:
+            details = tf.config.experimental.get_device_details(gpu)
+            names.append(details.get("device_name") or gpu.name.removeprefix("/physical_device:"))
+        return f"aevb: TensorFlow {tf.__version__} on GPU ({', '.join(names)})"
+    why = (
+        "this TensorFlow build has no CUDA"
+        if not tf.test.is_built_with_cuda()
+        else ("no NVIDIA driver found" if not _NVIDIA_DRIVER else "no GPU visible to CUDA")
+    )
+    return f"aevb: TensorFlow {tf.__version__} on CPU ({os.cpu_count()} cores; {why})"
+
+
+class _OnImport(importlib.abc.MetaPathFinder):
+    """Runs ``load(exec_module, module)`` in place of the module's own loading when ``name`` is
+    first imported (by whichever verb needs it), so light verbs never pay for it."""
+
+    def __init__(self, name: str, load: Callable[[Callable, Any], None]):
+        self.name, self.load = name, load
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            exec_module = spec.loader.exec_module
+            spec.loader.exec_module = lambda module: self.load(exec_module, module)
+        return spec
+
+
+def _load_tensorflow(exec_module: Callable, module: Any) -> None:
+    """TF with its start-up noise filtered and its Python loggers at errors, then our line."""
+    with _tensorflow_startup_filtered() if QUIET else contextlib.nullcontext():
+        exec_module(module)
+        line = device_line(module)
+    if QUIET:  # absl/TF Python warnings (retracing, SavedModel custom gradients)
+        for logger_name in ("absl", "tensorflow"):
+            logging.getLogger(logger_name).setLevel(logging.ERROR)
+    print(line, file=sys.stderr, flush=True)
+
+
+def _load_prefect(exec_module: Callable, module: Any) -> None:
+    exec_module(module)  # prefect.main configures Prefect's logging: only now are there handlers
+    _quiet_prefect_console()
+    _quiet_user_error_tracebacks()  # (called from main() too, before Prefect has configured them)
+
+
+def _set_up_console() -> None:
+    """Install the import hooks (or apply them at once to what is already imported)."""
+    for name, load in (("tensorflow", _load_tensorflow), ("prefect.main", _load_prefect)):
+        if name in sys.modules:
+            if name == "prefect.main":
+                _quiet_prefect_console()
+        elif not any(isinstance(f, _OnImport) and f.name == name for f in sys.meta_path):
+            sys.meta_path.insert(0, _OnImport(name, load))
+
+
+class _OnlyOurInfoLines(logging.Filter):
+    """Prefect's console: drop Prefect's own INFO lines ("Beginning flow run", "Finished in state
+    Completed()", the temporary server's start/stop); keep ours (logged through Prefect's run
+    logger from tasks/ and flows/) and every WARNING or worse. The Prefect API/UI still gets all."""
+
+    def __init__(self, package_dir: str):
+        super().__init__()
+        self.package_dir = package_dir + os.sep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.pathname.startswith(self.package_dir)
+
+
+def _quiet_prefect_console() -> None:
+    if not QUIET:
+        return
+    import prefect
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    names = [n for n in logging.Logger.manager.loggerDict if n.split(".")[0] == "prefect"]
+    for name in ["", *names]:
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, PrefectConsoleHandler) and not any(
+                isinstance(f, _OnlyOurInfoLines) for f in handler.filters
+            ):
+                handler.addFilter(_OnlyOurInfoLines(os.path.dirname(prefect.__file__)))
+
 
 # verb -> module under flows/commands/ exposing `add_parser(subparsers)`; each sets `func`.
 VERBS = (
@@ -48,6 +183,7 @@ VERBS = (
     "lock",
     "serve",
     "reproduce",
+    "config",
 )
 
 
@@ -169,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
     if overrides:
         args.overrides = list(args.overrides or []) + overrides
+    _set_up_console()
     from models.errors import PipelineError
 
     try:

@@ -1,14 +1,8 @@
 """Pipeline configuration: frozen sections, one loader (TOML file, then `key=value` overrides).
 
-    preset = "default"            # or "paper" (Kingma & Welling Sec. 5), applied before the file
-    [data]      source, name, data_root, split_seed, valid_fraction, test_fraction
-    [model]     latent_dim, hidden_sizes, activation, likelihood, init
-    [train]     epochs, batch_size, optimizer, learning_rate, weight_decay, estimator, num_samples, ...
-    [evaluate]  num_samples (K), batch_size, seed, split
-    [register]  model_name
-    [export]    splits, batch_size
-    [pipeline]  retrain_on_unchanged, lock_timeout_seconds, retries, retry_delay_seconds,
-                task_runner ("threads" | "dask"), dask_address, workers
+Sections data, model, train, evaluate, register, export, pipeline (plus the top-level `preset`);
+every key is documented in its class's "Keys:" docstring table, which `aevb config show` prints
+with its type, default and allowed values (flows/config_docs.py).
 
 Unknown sections or keys are errors that list the valid ones. The resolved config is logged to
 MLflow as params. `parse_reproduce_overrides` reads the `aevb reproduce` KEY=VALUE settings (typed
@@ -23,7 +17,7 @@ import re
 import sys
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from flows.config_sources import read_config_file
 from models import constants as C
@@ -53,19 +47,32 @@ def _check_float(name: str, value: Any, low: float) -> None:
 
 @dataclass(frozen=True)
 class DataSection:
+    """What to ingest and how to split it.
+
+    Keys (`aevb config show` prints them; a test checks every field has a line):
+        source: built-in name (digits, mnist-5k, fashion-mnist), or a file or folder (IDX, CSV,
+            NPZ, images, Parquet)
+        name: dataset name; unset = derived from the source {[a-z0-9][a-z0-9._-]{0,63}}
+        data_root: data root folder or URI such as s3://bucket/prefix; unset = $AEVB_DATA_ROOT,
+            else the default location (README "Where data and stores go")
+        split_seed: seed of the train/valid/test split {>= 0}
+        valid_fraction: share of rows for validation {[0, 1)}
+        test_fraction: share of rows for test (IDX t10k files are the test split) {[0, 1)}
+        shards: files read as ONE dataset, one task per file on the task runner; when given,
+            source is ignored and name is required
+        prefix_shard_ids: prefix each row id with its shard's file name ("part-1.csv/17") so
+            per-file row numbers cannot collide; false when ids are unique across files
+        options: reader options of `aevb ingest` as a table, e.g. {id_column = "id"} (see its --help)
+    """
+
     source: str = "digits"
-    name: str | None = None  # defaults to the source name for built-ins
+    name: str | None = None
     data_root: str | None = None
     split_seed: int = 0
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
-    # Files read as ONE dataset, one task per shard on the pipeline's task runner (Dask fan-out);
-    # when given, `source` is ignored and `name` is required.
     shards: tuple[str, ...] = ()
-    # Prefix each row id with its shard's file name ("part-1.csv/17"), so per-file row numbers
-    # cannot collide; set false when the shards carry ids that are unique across files.
     prefix_shard_ids: bool = True
-    # Reader options of `aevb ingest` as a table, e.g. {id_column = "id", label_column = "y"}.
     options: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
@@ -123,10 +130,19 @@ class DataSection:
 
 @dataclass(frozen=True)
 class EvaluateSection:
+    """The pipeline's held-out log p(x) (importance sampling), which also feeds the gate.
+
+    Keys:
+        num_samples: K importance samples per point (the IWAE protocol uses 5000) {>= 1}
+        batch_size: points per estimator call {>= 1}
+        seed: seed of the importance samples {>= 0}
+        split: the split scored (and compared with the champion's score)
+    """
+
     num_samples: int = 5000
     batch_size: int = 500
     seed: int = 0
-    split: str = C.TEST
+    split: Literal["train", "valid", "test"] = C.TEST
 
     def __post_init__(self) -> None:
         _check_int("evaluate.num_samples", self.num_samples, 1)
@@ -138,7 +154,13 @@ class EvaluateSection:
 
 @dataclass(frozen=True)
 class RegisterSection:
-    model_name: str | None = None  # default: aevb-<dataset>
+    """The MLflow registry entry.
+
+    Keys:
+        model_name: registered model name; unset = aevb-<dataset> {1-100 of A-Z a-z 0-9 . _ -}
+    """
+
+    model_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.model_name is not None and (
@@ -152,7 +174,14 @@ class RegisterSection:
 
 @dataclass(frozen=True)
 class ExportSection:
-    splits: tuple[str, ...] = C.SPLITS
+    """The latent feature table written with the champion.
+
+    Keys:
+        splits: splits encoded into the latent table
+        batch_size: rows per encoder call {>= 1}
+    """
+
+    splits: tuple[Literal["train", "valid", "test"], ...] = C.SPLITS
     batch_size: int = 2000
 
     def __post_init__(self) -> None:
@@ -169,20 +198,27 @@ class ExportSection:
 
 @dataclass(frozen=True)
 class PipelineSection:
-    """Orchestration: retraining semantics, the per-model retrain lock, retries, task runner."""
+    """Orchestration: retraining semantics, the per-model retrain lock, retries, task runner.
 
-    # Unchanged dataset version and config -> the run is skipped (nothing new to learn); true ->
-    # retrain from scratch anyway (a new MLflow run and model version, gated like any other).
+    Keys:
+        retrain_on_unchanged: false = an unchanged dataset version and config skips the run;
+            true = retrain anyway (a new MLflow run and model version, gated like any other)
+        lock_timeout_seconds: a second retrain of the same model waits this long, then fails {>= 1}
+        retries: retries of a stage after a transient I/O error (tracking server, object store;
+            never after a user error) {>= 0}
+        retry_delay_seconds: wait before the first retry {>= 0}
+        task_runner: where stages and fan-out tasks run: threads here, or a Dask cluster
+        dask_address: Dask scheduler, e.g. tcp://10.0.0.5:8786; empty = a local cluster
+        workers: threads (or local Dask workers); 0 = the runner's default {>= 0}
+    """
+
     retrain_on_unchanged: bool = False
-    # A second retrain of the same registered model waits this long for the first, then fails.
     lock_timeout_seconds: float = 6 * 3600.0
-    # Retries of a stage after a transient I/O error (tracking server, object store); never
-    # after a PipelineError or any other deterministic failure.
     retries: int = 3
     retry_delay_seconds: float = 10.0
-    task_runner: str = "threads"
-    dask_address: str = ""  # empty: a local in-process Dask cluster when task_runner = "dask"
-    workers: int = 0  # threads (or local Dask threads); 0 = the runner's default
+    task_runner: Literal["threads", "dask"] = "threads"
+    dask_address: str = ""
+    workers: int = 0
 
     def __post_init__(self) -> None:
         from tasks.runners import check_runner
@@ -202,7 +238,14 @@ class PipelineSection:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    preset: str = "default"
+    """Every section, and the preset applied before the file and the overrides.
+
+    Keys:
+        preset: named defaults applied first: default (modern), paper (Kingma & Welling Sec. 5),
+            fast (batch 1000)
+    """
+
+    preset: Literal["default", "paper", "fast"] = "default"
     data: DataSection = field(default_factory=DataSection)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -55,6 +55,10 @@ class PipelineSummary:
     lock_acquired_at: float
     lock_released_at: float
     artifact_key: str
+    plots: tuple[str, ...] = ()  # PNGs in the MLflow run (train's plots/)
+    flow_run_id: str = ""  # the Prefect flow run (also tagged on the MLflow run: lineage)
+    flow_run_name: str = ""
+    flow_run_url: str = ""
 
     @classmethod
     def of(
@@ -69,7 +73,9 @@ class PipelineSummary:
         acquired_at: float,
         released_at: float,
     ) -> PipelineSummary:
-        ev = outcome.evaluated
+        from tasks.logs import prefect_run
+
+        ev, run = outcome.evaluated, prefect_run()
         return cls(
             dataset=ingested.name,
             dataset_version=ingested.version,
@@ -101,6 +107,10 @@ class PipelineSummary:
             lock_acquired_at=acquired_at,
             lock_released_at=released_at,
             artifact_key=artifact_key(model_name),
+            plots=tuple(getattr(trained, "plots", ()) or ()),
+            flow_run_id=run.get("flow_run_id", ""),
+            flow_run_name=run.get("flow_run_name", ""),
+            flow_run_url=run.get("flow_run_url", ""),
         )
 
 
@@ -165,8 +175,10 @@ def format_summary(s: Any, uri: str) -> str:
         f"  SavedModel + checkpoints   {s.saved_model_dir}",
         f"  latent table               {s.latent_table or s.export_note}"
         + (f" ({s.latent_rows} rows)" if s.latent_rows else ""),
+        f"  plots (in the MLflow run)  {_plots_line(s)}",
         f"  Prefect artifact           {s.artifact_key}"
         + (f"  ({_prefect_ui()})" if _prefect_ui() else ""),
+        f"  Prefect flow run           {_flow_run_line(s)}",
         "",
         f"  open the MLflow UI:  {start_ui or ui}",
         f'  read the table:      {_venv_bin("python")} -c "import pandas as pd; print(pd.read_parquet('
@@ -192,6 +204,20 @@ def _result_lines(s: Any) -> list[str]:
             "(recorded by the earlier run)"
         )
     return [*lines, f"  gate                       {s.decision}"]
+
+
+def _plots_line(s: Any) -> str:
+    if not getattr(s, "plots", ()):
+        return "none"
+    folder = os.path.dirname(s.plots[0])
+    return f"runs:/{s.run_id}/{folder}/ " + ", ".join(os.path.basename(p) for p in s.plots)
+
+
+def _flow_run_line(s: Any) -> str:
+    if not getattr(s, "flow_run_id", ""):
+        return "none (not run as a flow)"
+    where = s.flow_run_url or "temporary Prefect server: set PREFECT_API_URL to keep runs"
+    return f"{s.flow_run_name} ({s.flow_run_id}); {where}"
 
 
 def summary_markdown(s: Any, trained: Any, evaluated: Any | None) -> str:
@@ -221,6 +247,10 @@ def summary_markdown(s: Any, trained: Any, evaluated: Any | None) -> str:
         if s.latent_table
         else f"- Latent table: {s.export_note}",
         *[f"- Completed for an interrupted run: {c}" for c in s.completed],
+        "- Plots logged to the run: "
+        + (", ".join(f"[`{p}`]({run_link}/artifacts/{p})" for p in s.plots) or "none"),
+        f"- This Prefect flow run: `{s.flow_run_name}` (`{s.flow_run_id}`); the MLflow run's tags "
+        "`aevb.prefect.*` point back to it",
         f"- Retrain lock waited {s.lock_wait_seconds:.1f} s",
     ]
     if start_ui:

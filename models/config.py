@@ -60,7 +60,17 @@ def _is_int(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of q(z|x) and p(x|z). ``feature_shape`` comes from the dataset manifest."""
+    """Architecture of q(z|x) and p(x|z). ``feature_shape`` comes from the dataset manifest.
+
+    Keys (`aevb config show` prints them; a test checks every field has a line):
+        feature_shape: shape of one example, taken from the dataset manifest (not settable)
+        latent_dim: size of z, the latent code of every row {>= 1}
+        hidden_sizes: hidden layer widths of the encoder MLP; the decoder mirrors them {ints >= 1}
+        activation: nonlinearity of the hidden layers (the paper uses tanh)
+        likelihood: decoder p(x|z): Bernoulli (binary or [0, 1] data), Gaussian with learned
+            variance (continuous data), or continuous Bernoulli
+        init: weight initialisation: Glorot, or the paper's N(0, 0.01) for every weight
+    """
 
     feature_shape: tuple[int, ...] = (64,)
     latent_dim: int = 20
@@ -96,7 +106,23 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """SGVB optimisation settings. ``num_samples`` is L (estimators A/B) or k (iwae)."""
+    """SGVB optimisation settings. ``num_samples`` is L (estimators A/B) or k (iwae).
+
+    Keys:
+        epochs: passes over the training split; early stopping (patience) may end sooner {>= 1}
+        batch_size: minibatch size M {>= 1}
+        optimizer: optimiser of encoder and decoder weights (the paper uses Adagrad)
+        learning_rate: step size of the optimiser {> 0}
+        weight_decay: w of a N(0, I/w) prior on the decoder weights (1 = the paper's MAP) {>= 0}
+        estimator: A = Monte Carlo KL, B = analytic KL (the paper's choice), iwae =
+            importance-weighted bound
+        num_samples: z samples per example: L for estimators A/B, k for iwae {>= 1}
+        patience: stop after this many epochs without a better validation ELBO; 0 = never {>= 0}
+        seed: seed of initialisation, shuffling and noise {0 <= seed < 2147473648}
+        jit_compile: compile the training step with XLA (faster; false helps debugging)
+        theta: map = point estimate of the decoder; full_vb = factorised Gaussian q(theta)
+            (the paper's App. F; needs estimator B)
+    """
 
     epochs: int = 20
     batch_size: int = 100
@@ -108,7 +134,7 @@ class TrainConfig:
     patience: int = 5
     seed: int = 0
     jit_compile: bool = True
-    theta: Theta = "map"  # "full_vb": factorized Gaussian q(theta) over the decoder (App. F)
+    theta: Theta = "map"
 
     def __post_init__(self) -> None:
         _check_positive("train.epochs", self.epochs, integer=True)

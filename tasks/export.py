@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ from prefect.futures import wait
 from models import constants as C
 from models.errors import ConfigError
 from tasks import tracking
-from tasks.logs import logger
+from tasks.logs import ProgressLogger, logger
 from tasks.store import datasets, fs, publish, readers, tables
 
 # What decides a table's content besides the model version.
@@ -90,6 +91,8 @@ def encode_part(
     rng = np.random.default_rng(seed)
     rows = 0
     with fs.open_parquet(part) as pf, fs.parquet_writer(out, schema) as writer:
+        label = f"export {manifest.name} {fs.basename(out).removesuffix('.parquet')}"
+        progress = ProgressLogger(pf.metadata.num_rows, label, artifact=False)
         for rb in pf.iter_batches(batch_size=batch_size):
             x = tables.decode_x(rb.column(C.COL_X), manifest.storage_dtype, manifest.input_dim)
             z_mean, z_std = encode(readers.to_model_space(x, manifest.scale))
@@ -100,6 +103,7 @@ def encode_part(
             ids, labels = rb.column(C.COL_ID), rb.column(C.COL_LABEL)
             writer.write_table(tables.latent_batch(schema, ids, split, labels, z_mean, z_std, z))
             rows += len(x)
+            progress(rows)
             publish.fault_point("export_mid_write")
     return rows
 
@@ -204,8 +208,16 @@ def export_latents(
         columns = tables.latent_schema(provenance["latent_dim"], samples).names
         return {**provenance, "rows": sum(counts), "columns": columns}
 
+    start = time.perf_counter()
     doc = tables.publish_table(final, fill)
-    logger().info("export: wrote %d rows to %s", doc["rows"], final)
+    seconds = time.perf_counter() - start
+    logger().info(
+        "export: wrote %d rows to %s in %.1f s (%.0f rows/s)",
+        doc["rows"],
+        final,
+        seconds,
+        doc["rows"] / max(seconds, 1e-9),
+    )
     return ExportOutput(final, doc["rows"], model_uri, resolved.version, manifest.version, True)
 
 

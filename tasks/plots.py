@@ -9,6 +9,8 @@ No mlflow here: `write_training_plots` writes PNGs into a folder and tasks/track
     manifold.png         2-D latents only: E[x | z] over z = Phi^-1(u), u on an even grid in
                          (0, 1)^2, Phi the standard normal CDF (the paper's Fig. 4)
 
+and, for `aevb restore`, `plot_restoration`: a before/after grid (degraded | restored | clean).
+
 Images are 2-D feature shapes, (H, W, 1|3), or 1-D vectors whose length is a square >= 64.
 Anything else is drawn as per-feature profiles and input-vs-reconstruction scatters instead.
 """
@@ -284,3 +286,45 @@ def write_training_plots(
         decoded = vae.decode_mean(tf.constant(manifold_latents(n))).numpy()
         paths.append(plot_manifold(decoded, n, shape, os.path.join(out_dir, PLOT_FILES[4])))
     return paths
+
+
+def plot_restoration(
+    degraded: np.ndarray,
+    restored: np.ndarray,
+    clean: np.ndarray | None,
+    degraded_shape: Sequence[int],
+    feature_shape: Sequence[int],
+    path: str,
+    title: str,
+    mask: np.ndarray | None = None,
+) -> str:
+    """Before/after grid, one example per row: degraded | restored | clean (when known).
+
+    Images get one cell per picture (a super-resolution input keeps its smaller shape; entries
+    that ``mask`` marks missing, 0, are red); other data is drawn as profiles, the restored line
+    over the clean one and the degraded dots.
+    """
+    name = "degraded" + ("\n(red: missing)" if mask is not None else "")
+    panels = [(name, degraded, degraded_shape), (f"restored\n({title})", restored, feature_shape)]
+    if clean is not None:
+        panels.append(("clean", clean, feature_shape))
+    shapes = [image_shape(shape) for _, _, shape in panels]
+    n = len(restored)
+    if all(s is not None for s in shapes):
+        fig = Figure(figsize=(1.8 * len(panels) + 0.4, 1.5 * n + 0.8))
+        axes = np.asarray(fig.subplots(n, len(panels), squeeze=False))
+        for col, ((name, x, _), shape) in enumerate(zip(panels, shapes, strict=True)):
+            images = _as_images(x, shape)
+            if col == 0 and mask is not None and len(shape) == 2:
+                images = np.repeat(images[..., None], 3, axis=-1)
+                images[mask.reshape(images.shape[:3]) < 0.5] = (1.0, 0.15, 0.15)
+            for row in range(n):
+                _show_mosaic(axes[row, col], images[row], name if row == 0 else "")
+        return _save(fig, path)
+    fig = Figure(figsize=(10, 1.2 * n + 1))
+    ax = fig.subplots()
+    layers = [(restored, "-", "C1")] + ([(clean, "--", "k")] if clean is not None else [])
+    if degraded.shape[1:] == restored.shape[1:]:
+        layers.insert(0, (degraded, "o", "C0"))
+    _profiles(ax, layers, f"degraded (dots), restored by {title} (line), clean (dashed)")
+    return _save(fig, path)

@@ -19,6 +19,8 @@ version and settings -> no-op); memory is bounded by one batch.
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +31,8 @@ from prefect.cache_policies import NO_CACHE
 
 from models import constants as C
 from models.errors import ConfigError, ModelError
-from tasks import tracking
-from tasks.logs import logger
+from tasks import plots, tracking
+from tasks.logs import ProgressLogger, logger
 from tasks.restore_plan import METHODS, RestoreSettings, build_spec, plan
 from tasks.store import datasets, fs, publish, readers, tables
 from tasks.store.degradations import cli_kind
@@ -58,6 +60,8 @@ class RestoreOutput:
     metrics: dict[str, float] = field(default_factory=dict)
     baseline: str | None = None
     diagnostics: dict[str, float] = field(default_factory=dict)
+    picture: str | None = None  # before/after PNG beside the table
+    picture_artifact: str | None = None  # the same PNG in the model's MLflow run
 
     @classmethod
     def of(cls, manifest: dict[str, Any], created: bool, out: dict[str, Any]) -> RestoreOutput:
@@ -110,7 +114,10 @@ def restore_dataset(
     if done:
         publish.sweep(final)  # stages of killed restorations go even when nothing is to do
         logger().info("restore: %s already holds this restoration; nothing to do", final)
-        return RestoreOutput.of(done, False, out)
+        picture = picture_path(final)
+        return RestoreOutput.of(
+            done, False, {**out, "picture": picture if fs.exists(picture) else None}
+        )
     from models.restoration import Restorer
     from models.saved import load_vae
 
@@ -137,15 +144,49 @@ def restore_dataset(
         "schema_version": tables.SCHEMA_VERSION,
     }
     schema = tables.restored_schema(spec.input_dim, provenance)
-    fill = _restore_fill(p, spec, restorer, METHODS[method], splits, s, schema)
+    sample: dict[str, list[np.ndarray]] = {}
+    fill = _restore_fill(p, spec, restorer, METHODS[method], splits, s, schema, sample)
     doc = tables.publish_table(final, _manifest_of(schema, fill))
-    if log_to_mlflow and resolved.run_id and doc["metrics"]:
-        tracking.log_metrics(resolved.run_id, mlflow_metrics(doc["metrics"], kind, method))
+    run_id = resolved.run_id if log_to_mlflow else None
+    if run_id and doc["metrics"]:
+        tracking.log_metrics(run_id, mlflow_metrics(doc["metrics"], kind, method))
     logger().info("restore: wrote %d rows to %s %s", doc["rows"], final, doc["metrics"])
-    return RestoreOutput.of(doc, True, out)
+    picture, artifact = before_after_picture(final, sample, p, spec, method, run_id)
+    return RestoreOutput.of(doc, True, {**out, "picture": picture, "picture_artifact": artifact})
 
 
-def _restore_fill(p, spec, restorer, method, splits, s, schema) -> Callable:
+PICTURE_ROWS = 8
+
+
+def picture_path(final: str) -> str:
+    """The before/after PNG beside the restored table (the table folder holds Parquet only)."""
+    return f"{final}.before-after.png"
+
+
+def before_after_picture(final, sample, p, spec, method, run_id) -> tuple[str | None, str | None]:
+    """Draw the first rows (degraded | restored | clean), publish the PNG beside the table and
+    log it to the model's MLflow run under restore/<degraded dataset>/; (path, artifact URI)."""
+    if not sample.get("restored"):
+        return None, None
+    degraded, restored = (np.concatenate(sample[k]) for k in ("degraded", "restored"))
+    clean = np.concatenate(sample["clean"]) if sample.get("clean") else None
+    mask = np.concatenate(sample["mask"]) if sample.get("mask") else None
+    artifact = None
+    with tempfile.TemporaryDirectory(prefix="aevb-restore-") as tmp:
+        local = os.path.join(tmp, f"{method}.png")
+        shapes = (p["degraded"].feature_shape, spec.feature_shape)
+        plots.plot_restoration(degraded, restored, clean, *shapes, local, method, mask=mask)
+        with open(local, "rb") as fh:
+            publish.write_atomic(picture_path(final), fh.read())
+        if run_id:
+            folder = f"restore/{p['degraded'].name}"
+            tracking.log_artifact(run_id, local, folder)
+            artifact = f"runs:/{run_id}/{folder}/{method}.png"
+    logger().info("restore: before/after picture %s", picture_path(final))
+    return picture_path(final), artifact
+
+
+def _restore_fill(p, spec, restorer, method, splits, s, schema, sample) -> Callable:
     import tensorflow as tf
 
     from models.degradations import mean_impute, mse, psnr, upsample_nearest
@@ -157,8 +198,16 @@ def _restore_fill(p, spec, restorer, method, splits, s, schema) -> Callable:
             return upsample_nearest(y, spec.feature_shape, spec.factor)
         return y
 
+    def keep_for_picture(y, x, clean, mask) -> None:
+        room = PICTURE_ROWS - sum(len(a) for a in sample.get("restored", []))
+        for key, rows in (("degraded", y), ("restored", x), ("clean", clean), ("mask", mask)):
+            if room > 0 and rows is not None:
+                sample.setdefault(key, []).append(np.asarray(rows[:room]))
+
     def fill(open_part) -> dict[str, Any]:
         rows, metrics, diag, batch_no = 0, {}, {}, 0
+        total = sum(p["degraded"].rows.get(split, 0) for split in splits)
+        progress = ProgressLogger(total, f"restore[{method}] {p['degraded'].name}")
         for split in splits:
             sums = np.zeros(4)
             n_split = 0
@@ -173,6 +222,8 @@ def _restore_fill(p, spec, restorer, method, splits, s, schema) -> Callable:
                     for k, v in d.items():
                         diag.setdefault(k, []).append(v)
                     writer.write_table(tables.restored_batch(schema, ids, split, labels, x.numpy()))
+                    keep_for_picture(y, x.numpy(), clean, mask)
+                    progress.add(len(ids))
                     if clean is not None:
                         b = baseline(tf.constant(y), mask)
                         for i, (a, fn) in enumerate(((x, psnr), (x, mse), (b, psnr), (b, mse))):

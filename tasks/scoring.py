@@ -24,7 +24,6 @@ the IS estimate on the same rows, so the two can be compared point by point.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -35,7 +34,7 @@ import pyarrow as pa
 from models import constants as C
 from models.errors import ConfigError
 from tasks import tracking
-from tasks.logs import logger
+from tasks.logs import ProgressLogger
 from tasks.store import fs, readers
 from tasks.store.datasets import DatasetManifest
 
@@ -75,53 +74,10 @@ class SplitEvaluation:
         return {C.metric_key(self.split, prefix + k): float(v) for k, v in self.summary.items()}
 
 
-class ProgressLogger:
-    """`progress(done_rows)` callback: a log line at most every ``every_seconds`` and a Prefect progress bar."""
-
-    def __init__(
-        self, total: int, label: str, samples_per_row: int = 1, every_seconds: float = 10.0
-    ):
-        self.total, self.label, self.samples_per_row = max(int(total), 1), label, samples_per_row
-        self.every_seconds = every_seconds
-        self.start = self.last = time.perf_counter()
-        self.log = logger()
-        self.artifact_id = _prefect_progress_artifact(label)
-
-    def __call__(self, done: int) -> None:
-        now = time.perf_counter()
-        if now - self.last < self.every_seconds and done < self.total:
-            return
-        self.last = now
-        elapsed = max(now - self.start, 1e-9)
-        eta = (self.total - done) * elapsed / max(done, 1)
-        if self.samples_per_row > 1:
-            rate = f"{done * self.samples_per_row / elapsed:,.0f} samples/s"
-        else:
-            rate = f"{done / elapsed:.2f} rows/s"
-        pct = 100.0 * done / self.total
-        self.log.info(
-            "%s: %d/%d rows (%.0f%%), %s, ETA %.0f s", self.label, done, self.total, pct, rate, eta
-        )
-        if self.artifact_id is not None:
-            from prefect.artifacts import update_progress_artifact
-
-            update_progress_artifact(
-                self.artifact_id, progress=min(100.0, 100.0 * done / self.total)
-            )
-
-
 def _in_prefect_run() -> bool:
     from prefect.context import FlowRunContext, TaskRunContext
 
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
-
-
-def _prefect_progress_artifact(label: str) -> Any:
-    if not _in_prefect_run():
-        return None
-    from prefect.artifacts import create_progress_artifact
-
-    return create_progress_artifact(progress=0.0, description=label)
 
 
 def stream_split(

@@ -44,7 +44,7 @@ from mlflow.tracking import MlflowClient
 
 from models.errors import ModelError, StorageError, TrackingError
 from tasks.store import fs
-from tasks.store.roots import REPO_ROOT, default_mlflow_dir
+from tasks.store.roots import default_mlflow_dir, source_checkout
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 MODEL_ARTIFACT = "model"
@@ -220,9 +220,13 @@ def experiment_id(name: str) -> str:
 
 
 def git_commit() -> str | None:
+    """The commit of the checkout this code runs from; None for an installed wheel."""
+    checkout = source_checkout()
+    if checkout is None:
+        return None
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True, timeout=5
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -329,22 +333,81 @@ def log_dataset_input(
     client().log_inputs(run_id, datasets=[DatasetInput(dataset=ds._to_mlflow_entity(), tags=[tag])])
 
 
+UNIT_INTERVAL_LIKELIHOODS = ("bernoulli", "continuous_bernoulli")
+
+
+def model_description(saved_model_dir: str) -> dict[str, Any]:
+    """What a consumer needs to call the model (logged as its metadata ``aevb`` and, for the
+    pyfunc's own checks, its ``model_config``): input shape, scale and range, and each output.
+
+    Accepted input range: [0, 1] for the unit-interval likelihoods (their support); for the
+    Gaussian decoder the trained model-space range widened by its width on each side (wider
+    inputs are almost surely on another scale), or unchecked when the range was not recorded.
+    """
+    with open(os.path.join(saved_model_dir, "config.json")) as fh:
+        saved = json.load(fh)
+    model = saved["model"]
+    shape = [int(d) for d in model["feature_shape"]]
+    dim, latent = int(np.prod(shape)), int(model["latent_dim"])
+    trained = saved.get("value_range")
+    if model["likelihood"] in UNIT_INTERVAL_LIKELIHOODS:
+        trained = trained or [0.0, 1.0]
+        accepted = [0.0, 1.0]
+    elif trained:
+        span = float(trained[1]) - float(trained[0]) or 1.0
+        accepted = [float(trained[0]) - span, float(trained[1]) + span]
+    else:
+        accepted = None
+    return {
+        "input": {
+            "feature_shape": shape,
+            "dim": dim,
+            "dtype": "float32 (any int/float input, list or DataFrame is cast)",
+            "scale": saved.get("scale"),
+            "transform": "model input = stored value * scale",
+            "trained_range": trained,
+            "accepted_range": accepted,
+            "likelihood": model["likelihood"],
+        },
+        "outputs": {
+            "z_mean": {"shape": [-1, latent], "meaning": "mean of q(z|x) (the default output)"},
+            "z_std": {"shape": [-1, latent], "meaning": "standard deviation of q(z|x)"},
+            "reconstruction": {"shape": [-1, dim], "meaning": "E[x | z = z_mean], model space"},
+        },
+        "dataset": saved.get("dataset"),
+        "dataset_version": saved.get("dataset_version"),
+    }
+
+
+def model_signature(description: dict[str, Any]):
+    """Outputs: one named tensor per value of ``params={"output": ...}``, each with its own
+    shape; predict returns the one selected. No input schema: MLflow's would refuse float64 (a
+    tensor spec) or silently drop extra columns (a column spec), so pyfunc_model.py checks and
+    casts inputs itself; their shape, scale and range are in the metadata (`model_description`).
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    outputs = [
+        TensorSpec(np.dtype(np.float32), tuple(o["shape"]), name)
+        for name, o in description["outputs"].items()
+    ]
+    return ModelSignature(
+        outputs=Schema(outputs), params=ParamSchema([ParamSpec("output", "string", "z_mean")])
+    )
+
+
 @_guarded
 def log_pyfunc_model(run_id: str, saved_model_dir: str, input_example: np.ndarray) -> str:
     """Log the SavedModel as a pyfunc *from code*; returns the logged model URI (models:/m-...).
 
-    The logged model holds pyfunc_model.py, the SavedModel under artifacts/saved_model, a tensor
-    signature (float32 [-1, D] -> [-1, latent_dim], param `output`), the input example and pinned
-    requirements. Nothing is pickled: the loader is mlflow.pyfunc.loaders.code_model.
+    The logged model holds pyfunc_model.py, the SavedModel under artifacts/saved_model, the
+    signature of `model_signature`, `model_description` as metadata `aevb` and model_config, the
+    input example and pinned requirements. Nothing is pickled: the loader is
+    mlflow.pyfunc.loaders.code_model.
     """
-    import tensorflow as tf
-    from mlflow.models import infer_signature
-
-    from models.saved import load_serving
-
-    x = np.asarray(input_example, dtype=np.float32)
-    z = load_serving(saved_model_dir).signatures["encode"](x=tf.constant(x))["z_mean"].numpy()
-    signature = infer_signature(x, z, params={"output": "z_mean"})
+    description = model_description(saved_model_dir)
+    x = np.asarray(input_example, dtype=np.float32).reshape(len(input_example), -1)
     client()  # sets URIs for the fluent call below
     with tempfile.TemporaryDirectory(prefix="aevb-log-") as tmp:
         # MLflow keeps the folder's basename: stage it as `saved_model` for a fixed layout.
@@ -355,23 +418,23 @@ def log_pyfunc_model(run_id: str, saved_model_dir: str, input_example: np.ndarra
                 name=MODEL_ARTIFACT,
                 python_model=str(PYFUNC_CODE),
                 artifacts={SAVED_MODEL_KEY: staged},
-                signature=signature,
+                signature=model_signature(description),
                 input_example=x,
                 pip_requirements=pip_requirements(),
+                model_config={"input": description["input"]},
+                metadata={"aevb": description},
             )
     return info.model_uri
 
 
 def pip_requirements() -> list[str]:
+    """Exactly what pyfunc_model.py imports (the SavedModel needs TensorFlow only, not TFP)."""
     from importlib.metadata import version
 
     return [
         f"mlflow=={version('mlflow')}",
         f"tensorflow=={version('tensorflow')}",
-        f"tensorflow-probability=={version('tensorflow-probability')}",
-        f"tf-keras=={version('tf-keras')}",
         f"numpy=={version('numpy')}",
-        f"pandas=={version('pandas')}",
     ]
 
 

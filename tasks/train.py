@@ -26,7 +26,7 @@ from models import constants as C
 from models.config import ModelConfig, TrainConfig, to_dict
 from models.errors import StorageError, TrainingDivergedError
 from tasks import plots, tracking
-from tasks.logs import logger
+from tasks.logs import logger, prefect_run
 from tasks.store import datasets, fs, publish, readers
 from tasks.store.roots import default_checkpoint_root
 
@@ -46,6 +46,7 @@ class TrainOutput:
     best_valid_elbo: float
     resumed_from_epoch: int
     reused: bool  # True when an identical finished run was found and nothing was trained
+    plots: tuple[str, ...] = ()  # artifact paths in the MLflow run, e.g. plots/manifold.png
 
 
 def experiment_name(dataset: str) -> str:
@@ -85,7 +86,9 @@ class _Plan:
     def experiment(self) -> str:
         return experiment_name(self.manifest.name)
 
-    def output(self, run_id: str, done: dict, resumed_from: int, reused: bool) -> TrainOutput:
+    def output(
+        self, run_id: str, done: dict, resumed_from: int, reused: bool, plots: tuple[str, ...] = ()
+    ) -> TrainOutput:
         return TrainOutput(
             run_id,
             self.experiment,
@@ -97,6 +100,7 @@ class _Plan:
             done["best_valid_elbo"],
             resumed_from,
             reused=reused,
+            plots=tuple(sorted(plots)),
         )
 
 
@@ -117,6 +121,38 @@ def plan_training(
     key = run_key(model, train_config, manifest.name, manifest.version)
     base = checkpoint_root or default_checkpoint_root(root)
     return _Plan(root, manifest, model, key, os.path.join(base, f"{manifest.name}-{key}"))
+
+
+def lineage_tags(plan: _Plan) -> dict[str, str]:
+    """Where the data came from and which Prefect flow run trained the model (both ways: the
+    pipeline's Prefect artifact links back to this run). Tags are refreshed on resume."""
+    m = plan.manifest
+    uri = datasets.version_dir(plan.root, m.name, m.version)
+    tags = {
+        "aevb.dataset_uri": uri,  # local path or s3://... of the dataset version
+        "aevb.data_root": plan.root,
+        "aevb.dataset_source": str((m.source or {}).get("uri", "")),
+        "aevb.package_version": _package_version(),
+    }
+    run = prefect_run()
+    if run:
+        tags.update({f"aevb.prefect.{k}": v for k, v in run.items() if v})
+        link = f" ([open]({run['flow_run_url']}))" if run.get("flow_run_url") else ""
+        tags["mlflow.note.content"] = (
+            f"Trained by Prefect flow run `{run['flow_run_name']}` of `{run['flow_name']}` "
+            f"(id {run['flow_run_id']}){link} on dataset `{m.name}` version `{m.version}` at "
+            f"`{uri}`."
+        )
+    return tags
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("aevb-pipeline")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _open_run(plan: _Plan, train_config: TrainConfig) -> str:
@@ -145,6 +181,7 @@ def _open_run(plan: _Plan, train_config: TrainConfig) -> str:
     tracking.log_dataset_input(
         run_id, m.name, m.version, datasets.version_dir(plan.root, m.name, m.version)
     )
+    tracking.set_tags(run_id, lineage_tags(plan))
     return run_id
 
 
@@ -223,7 +260,8 @@ def train(
         log.info(
             "train: identical finished run %s found (config+data unchanged); not retraining", run_id
         )
-        return plan.output(run_id, json.loads(done), 0, reused=True)
+        plots_logged = tracking.list_artifacts(run_id, PLOTS_ARTIFACT)
+        return plan.output(run_id, json.loads(done), 0, reused=True, plots=plots_logged)
     try:
         with fs.storage_guard(plan.ckpt_dir, CHECKPOINT_FIX):
             os.makedirs(plan.ckpt_dir, exist_ok=True)
@@ -263,11 +301,12 @@ def _train_and_save(plan: _Plan, train_config: TrainConfig) -> TrainOutput:
         log.info("train: resumed from epoch %d checkpoint", result.resumed_from_epoch)
     with _checkpoint_faults(plan.saved_dir):
         extra = {"dataset": m.name, "dataset_version": m.version, "run_id": run_id}
-        save_model(vae, plan.saved_dir, extra={**extra, "scale": m.scale})
+        extra.update(scale=m.scale, value_range=list(m.value_range))
+        save_model(vae, plan.saved_dir, extra=extra)
     tracking.set_tags(
         run_id, {"aevb.best_epoch": result.best_epoch, "aevb.stopped_early": result.stopped_early}
     )
-    log_training_plots(run_id, vae, plan.root, m, result.history, train_config.seed)
+    plots_logged = log_training_plots(run_id, vae, plan.root, m, result.history, train_config.seed)
     tracking.end_run(run_id)  # later stages (evaluate, register) may still log to a finished run
     info = {
         "epochs_completed": result.epochs_completed,
@@ -275,7 +314,7 @@ def _train_and_save(plan: _Plan, train_config: TrainConfig) -> TrainOutput:
         "best_valid_elbo": result.best_valid_elbo,
     }
     publish.write_text_atomic(os.path.join(plan.ckpt_dir, "DONE"), json.dumps(info))
-    return plan.output(run_id, info, result.resumed_from_epoch, reused=False)
+    return plan.output(run_id, info, result.resumed_from_epoch, reused=False, plots=plots_logged)
 
 
 @contextlib.contextmanager

@@ -19,23 +19,58 @@ def finite_float(text: str) -> float:
     return value
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every verb's --help: unindented description/epilog lines are wrapped, indented ones (tables)
+    kept as written; every option whose help does not already say its default gets
+    "(default: X)" (None and False defaults are not shown)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        out = []
+        for line in text.splitlines():
+            if line[:1].isspace() or not line:
+                out.append(indent + line)
+            else:
+                out += textwrap.wrap(line, width, initial_indent=indent, subsequent_indent=indent)
+        return "\n".join(out)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.option_strings or action.nargs in ("?", "*")
+        hidden = action.default is None or action.default is False
+        if not shown or hidden or action.default is argparse.SUPPRESS or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 def data_root_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-root",
         default=None,
-        help="data root folder or URI such as s3://bucket/prefix "
-        "(default: $AEVB_DATA_ROOT, else ./data in the repo)",
+        help="data root folder or URI such as s3://bucket/prefix (default: $AEVB_DATA_ROOT, "
+        "else data/ of the checkout you are in, else $AEVB_HOME/data; `aevb config show`)",
     )
 
 
 def config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="pipeline config file (TOML)")
+    p.add_argument(
+        "--config", default=None, help="pipeline config file (TOML; keys: `aevb config show`)"
+    )
     p.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="config overrides, e.g. train.epochs=5 model.latent_dim=2 preset=paper",
+        help="config overrides, e.g. train.epochs=5 model.latent_dim=2 preset=paper "
+        "(every key: `aevb config show`)",
     )
+
+
+def settings_epilog() -> str:
+    """The most used config keys with their defaults (train and pipeline --help)."""
+    from flows.config_docs import common_keys_epilog
+
+    return common_keys_epilog()
 
 
 def pipeline_config(args: argparse.Namespace, extra: list[str] | None = None):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.commands.common import data_root_arg, finite_float
+from flows.commands.common import HelpFormatter, data_root_arg, finite_float
 from models.errors import ConfigError
 
 # Spelled here so that building the parser imports no task module; a test asserts they equal
@@ -21,10 +21,22 @@ KINDS = ("denoise", "salt-pepper", "inpaint", "superres")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     kinds = "|".join(KINDS)
-    p = sub.add_parser("corrupt", help="make a degraded copy of a dataset (clean reference kept)")
+    p = sub.add_parser(
+        "corrupt",
+        help="make a degraded copy of a dataset (clean reference kept)",
+        description="A degraded copy of a dataset (same ids and splits) with its clean reference "
+        "and mask recorded, for `aevb restore`.",
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("dataset", help="the clean dataset")
     # Not argparse `choices`: a bad value must be a one-line error (exit 2), not a usage dump.
-    p.add_argument("--kind", required=True, metavar=kinds)
+    p.add_argument(
+        "--kind",
+        required=True,
+        metavar=kinds,
+        help="denoise: Gaussian noise; salt-pepper: entries set to 0/1; inpaint: missing "
+        "entries; superres: downsampled",
+    )
     p.add_argument("--name", default=None, help="degraded dataset name (default DATASET-KIND)")
     p.add_argument("--version", default=None, help="clean dataset version (default: CURRENT)")
     p.add_argument(
@@ -37,8 +49,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="salt-pepper: fraction of entries hit (default 0.1); inpaint: missing fraction (0.5)",
     )
     p.add_argument("--factor", type=int, default=2, help="superres: downsampling factor")
-    p.add_argument("--block", type=int, default=0, help="inpaint: one BxB hole per image")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--block", type=int, default=0, help="inpaint: one BxB hole per image (0: random pixels)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise or mask")
     data_root_arg(p)
     p.set_defaults(func=run, check=check, runs_flows=True)
 

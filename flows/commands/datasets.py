@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 
-from flows.commands.common import data_root_arg
+from flows.commands.common import HelpFormatter, data_root_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("datasets", help="list datasets or show one's manifest")
-    p.add_argument("action", choices=["list", "show"])
-    p.add_argument("name", nargs="?")
+    p = sub.add_parser(
+        "datasets",
+        help="list datasets or show one's manifest",
+        description="aevb datasets list | show NAME [--version V]",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("action", choices=["list", "show"], help="list all, or show one's manifest")
+    p.add_argument("name", nargs="?", help="dataset name (show)")
     p.add_argument("--version", default=None, help="dataset version (default: CURRENT)")
     data_root_arg(p)
     p.set_defaults(func=run)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from flows.commands.common import data_root_arg
+from flows.commands.common import HelpFormatter, data_root_arg
 from models import constants as C
 from models.errors import ConfigError
 
@@ -26,13 +26,19 @@ METHOD_HELP = (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="estimate log p(x) of a model on a dataset split")
+    p = sub.add_parser(
+        "evaluate",
+        help="estimate log p(x) of a model on a dataset split",
+        description="log p(x) of a model on a dataset split (mean +- standard error), logged to "
+        "the model's MLflow run; the pipeline's evaluate stage runs method is.",
+        formatter_class=HelpFormatter,
+    )
     p.add_argument(
         "--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/model"
     )
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--version", default=None)
-    p.add_argument("--split", default=C.TEST, choices=C.SPLITS)
+    p.add_argument("--dataset", required=True, help="ingested dataset name")
+    p.add_argument("--version", default=None, help="dataset version (default: CURRENT)")
+    p.add_argument("--split", default=C.TEST, choices=C.SPLITS, help="split to score")
     p.add_argument(
         "-k",
         "--num-samples",
@@ -40,20 +46,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=5000,
         help="importance samples per point (for ais/hmc: of the IS estimate on the same rows)",
     )
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=500, help="points per estimator call")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples")
     # Not argparse `choices`: a bad value must be a one-line error (exit 2), not a usage dump.
     p.add_argument("--method", default="is", metavar="is|ais|hmc", help=METHOD_HELP)
-    p.add_argument("--max-points", type=int, default=None, help="evaluate only the first N rows")
-    p.add_argument("--num-chains", type=int, default=None, help="ais/hmc: chains per point")
+    p.add_argument(
+        "--max-points",
+        type=int,
+        default=None,
+        help="evaluate only the first N rows (default: all for is, 20 for ais/hmc)",
+    )
+    p.add_argument(
+        "--num-chains",
+        type=int,
+        default=None,
+        help="ais/hmc: chains per point (default: ais 16, hmc 10)",
+    )
     p.add_argument(
         "--num-steps",
         type=int,
         default=None,
         help="ais: annealing temperatures T (default 1000); hmc: kept HMC draws (default 1000)",
     )
-    p.add_argument("--leapfrog-steps", type=int, default=None, help="ais/hmc: leapfrog steps")
-    p.add_argument("--burnin", type=int, default=None, help="hmc: adapted burn-in steps")
+    p.add_argument(
+        "--leapfrog-steps",
+        type=int,
+        default=None,
+        help="ais/hmc: leapfrog steps per transition (default 10)",
+    )
+    p.add_argument(
+        "--burnin", type=int, default=None, help="hmc: adapted burn-in steps (default 500)"
+    )
     data_root_arg(p)
     p.set_defaults(func=run, check=check, runs_flows=True)
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from flows.commands.common import comma_list, data_root_arg
+from flows.commands.common import HelpFormatter, comma_list, data_root_arg
 from models import constants as C
 from models.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "export", help="write the latent feature table of a dataset with a registry model"
+        "export",
+        help="write the latent feature table of a dataset with a registry model",
+        description="Encode every row with the registry model's q(z|x) and publish the latent "
+        "table (id, split, label, z_mean_*, z_std_*) under <data root>/latents/.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--model",
@@ -19,21 +23,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/model "
         "(e.g. models:/aevb-digits@champion)",
     )
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, help="ingested dataset name")
     p.add_argument("--version", default=None, help="dataset version (default: CURRENT)")
-    p.add_argument(
-        "--splits", default=",".join(C.SPLITS), help="comma-separated splits (default: %(default)s)"
-    )
-    p.add_argument(
-        "--batch-size", type=int, default=2000, help="rows per encoder call (default: %(default)s)"
-    )
+    p.add_argument("--splits", default=",".join(C.SPLITS), help="comma-separated splits")
+    p.add_argument("--batch-size", type=int, default=2000, help="rows per encoder call")
     p.add_argument(
         "--samples",
         type=int,
         default=0,
         help="also write K draws z ~ q(z|x) per row as z_samples (default: 0, none)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the z samples (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the z samples")
     data_root_arg(p)
     p.set_defaults(func=run, check=check, runs_flows=True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.commands.common import data_root_arg, finite_float
+from flows.commands.common import HelpFormatter, data_root_arg, finite_float
 from models.errors import ConfigError
 
 # Flag -> reader option (only set flags are passed on, so readers keep their defaults).
@@ -25,7 +25,13 @@ SOURCE_FLAGS = (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ingest", help="ingest a source into a versioned Parquet dataset")
+    p = sub.add_parser(
+        "ingest",
+        help="ingest a source into a versioned Parquet dataset",
+        description="A source -> a versioned Parquet dataset under the data root (identical "
+        "content again is a no-op). Reader options apply to the formats named in their help.",
+        formatter_class=HelpFormatter,
+    )
     p.add_argument(
         "source",
         metavar="SOURCE",
@@ -36,20 +42,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--format", choices=("idx", "csv", "npz", "images", "parquet"), help="skip format detection"
     )
-    p.add_argument(
-        "--split-seed", type=int, default=0, help="seed of the train/valid/test split (default 0)"
-    )
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/valid/test split")
     p.add_argument(
         "--valid-fraction",
         type=finite_float,
         default=0.1,
-        help="share of rows for validation (default 0.1)",
+        help="share of rows for validation",
     )
     p.add_argument(
         "--test-fraction",
         type=finite_float,
         default=0.1,
-        help="share of rows for test; IDX t10k files are the test split regardless (default 0.1)",
+        help="share of rows for test; IDX t10k files are the test split regardless",
     )
     p.add_argument(
         "--scale",

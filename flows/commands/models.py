@@ -5,18 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 
+from flows.commands.common import HelpFormatter
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "models",
         help="list registered models, show versions, promote a version",
         description="aevb models list | show NAME [VERSION] | promote NAME VERSION [--alias A]. "
-        "Reads the MLflow registry at $MLFLOW_TRACKING_URI (default: SQLite under mlflow/).",
+        "Reads the MLflow registry at $MLFLOW_TRACKING_URI (default: the embedded SQLite store; "
+        "`aevb config show` says where).",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("action", choices=["list", "show", "promote"])
+    p.add_argument("action", choices=["list", "show", "promote"], help="what to do")
     p.add_argument("name", nargs="?", help="registered model name, e.g. aevb-digits")
     p.add_argument("version", nargs="?", type=int, help="model version number")
-    p.add_argument("--alias", default="champion", help="alias to move (promote; default champion)")
+    p.add_argument("--alias", default="champion", help="alias to move (promote)")
     p.add_argument("--json", action="store_true", help="show: one JSON object per version")
     p.set_defaults(func=run)
 

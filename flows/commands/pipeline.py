@@ -6,18 +6,30 @@ from __future__ import annotations
 import argparse
 
 from flows.commands.common import (
+    HelpFormatter,
     config_args,
     data_overrides,
     data_root_arg,
     pipeline_config,
+    settings_epilog,
     take_misread_override,
 )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pipeline", help="ingest -> train -> evaluate -> register -> export")
+    p = sub.add_parser(
+        "pipeline",
+        help="ingest -> train -> evaluate -> register -> export",
+        description="ingest -> train -> evaluate -> register (champion gate) -> export, then where "
+        "everything went. An unchanged dataset and config is skipped.",
+        epilog=settings_epilog(),
+        formatter_class=HelpFormatter,
+    )
     p.add_argument(
-        "source", nargs="?", default=None, help="dataset source (default: data.source, 'digits')"
+        "source",
+        nargs="?",
+        default=None,
+        help="built-in name, file or folder (default: data.source, 'digits')",
     )
     p.add_argument("--name", default=None, help="dataset name (default: derived from the source)")
     data_root_arg(p)

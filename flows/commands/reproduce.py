@@ -14,6 +14,7 @@ import json
 import os
 from typing import Any
 
+from flows.commands.common import HelpFormatter
 from flows.config import parse_reproduce_overrides
 from models.config import EVAL_SEED_ROOM
 from models.errors import ConfigError
@@ -27,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="rerun the paper's experiments (Figs. 2-5, estimator variance, full VB) as a report",
         description="Regenerate report.md, PNG figures, results.json/csv in --out and log them to "
         "MLflow (experiment aevb-reproduce). --quick takes minutes, --full up to an hour on 2 cores.",
+        formatter_class=HelpFormatter,
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="(default)")

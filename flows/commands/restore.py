@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from flows.commands.common import data_root_arg, finite_float
+from flows.commands.common import HelpFormatter, data_root_arg, finite_float
 from flows.commands.corrupt import KINDS
 from models import constants as C
 from models.errors import ConfigError, DatasetError, ModelError
@@ -26,7 +26,14 @@ METHODS = ("amortized", "map", "pseudo-gibbs", "mwg")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     kinds = "|".join(KINDS)
-    p = sub.add_parser("restore", help="restore degraded inputs with a registry model as prior")
+    p = sub.add_parser(
+        "restore",
+        help="restore degraded inputs with a registry model as prior",
+        description="Restore a degraded dataset with the model as the prior over x: a restored "
+        "table, PSNR/MSE against the clean reference and a model-free baseline, and a "
+        "before/after picture (degraded, restored, clean) logged to the model's MLflow run.",
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
     p.add_argument("--dataset", default=None, help="degraded dataset (e.g. from `aevb corrupt`)")
     p.add_argument(
@@ -35,9 +42,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="TABLE",
         help="decode a latent table's z_mean rows instead (folder or Parquet file)",
     )
-    p.add_argument("--method", default="map", metavar="|".join(METHODS))
-    p.add_argument("--version", default=None, help="degraded dataset version")
-    p.add_argument("--splits", default=C.TEST, help="comma-separated splits (default: test)")
+    p.add_argument(
+        "--method",
+        default="map",
+        metavar="|".join(METHODS),
+        help="amortized: encode+decode; map: latent MAP; pseudo-gibbs/mwg: inpainting chains",
+    )
+    p.add_argument("--version", default=None, help="degraded dataset version (default: CURRENT)")
+    p.add_argument("--splits", default=C.TEST, help="comma-separated splits")
     p.add_argument(
         "--kind",
         default=None,
@@ -57,13 +69,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="denoise: estimate the noise level jointly with the latent MAP",
     )
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--map-steps", type=int, default=200)
-    p.add_argument("--learning-rate", type=finite_float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=500, help="rows per restoration call")
+    p.add_argument("--map-steps", type=int, default=200, help="map: Adam steps on z")
+    p.add_argument("--learning-rate", type=finite_float, default=0.05, help="map: Adam step size")
     p.add_argument("--iterations", type=int, default=200, help="pseudo-gibbs/mwg chain length")
-    p.add_argument("--burn-in", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-mlflow", action="store_true", help="do not log PSNR/MSE to the model run")
+    p.add_argument("--burn-in", type=int, default=50, help="pseudo-gibbs/mwg: discarded steps")
+    p.add_argument("--seed", type=int, default=0, help="seed of the chains")
+    p.add_argument(
+        "--no-mlflow",
+        action="store_true",
+        help="do not log PSNR/MSE and the picture to the model's MLflow run",
+    )
     data_root_arg(p)
     p.set_defaults(func=run, check=check, runs_flows=True)
 
@@ -171,4 +187,8 @@ def format_restore(out: Any) -> str:
             )
     for k, v in out.diagnostics.items():
         lines.append(f"  {k}: {v:.4g}")
+    if out.picture:
+        lines.append(f"  before/after picture (degraded | restored | clean): {out.picture}")
+    if out.picture_artifact:
+        lines.append(f"  logged to the model's MLflow run: {out.picture_artifact}")
     return "\n".join(lines)

@@ -8,10 +8,12 @@ import json
 import os
 
 from flows.commands.common import (
+    HelpFormatter,
     config_args,
     data_overrides,
     data_root_arg,
     finite_float,
+    settings_epilog,
     take_misread_override,
 )
 
@@ -24,11 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="register and serve a scheduled retraining deployment on a Prefect server",
         description="Run the pipeline on a schedule: new data -> retrain -> gate -> champion; "
         "unchanged data and config -> skipped. Needs `prefect server start` and PREFECT_API_URL.",
+        epilog=settings_epilog(),
+        formatter_class=HelpFormatter,
     )
     when = p.add_mutually_exclusive_group(required=True)
     when.add_argument("--cron", help='cron expression, e.g. "0 3 * * *" (03:00 every day)')
     when.add_argument("--interval", type=finite_float, help="run every SECONDS seconds")
-    p.add_argument("--timezone", default="UTC", help="IANA time zone of the cron (default UTC)")
+    p.add_argument("--timezone", default="UTC", help="IANA time zone of the cron")
     p.add_argument("--name", default=DEFAULT_DEPLOYMENT, help="deployment name")
     p.add_argument(
         "--register-only",

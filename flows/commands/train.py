@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import argparse
 
-from flows.commands.common import config_args, data_root_arg, pipeline_config
+from flows.commands.common import (
+    HelpFormatter,
+    config_args,
+    data_root_arg,
+    pipeline_config,
+    settings_epilog,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train an AEVB model on an ingested dataset (tracked in MLflow)"
+        "train",
+        help="train an AEVB model on an ingested dataset (tracked in MLflow)",
+        description="Fit an AEVB model on an ingested dataset: per-epoch checkpoints (a killed "
+        "run resumes), metrics, plots and the SavedModel in an MLflow run.",
+        epilog=settings_epilog(),
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, help="ingested dataset name (`aevb datasets list`)")
     p.add_argument("--version", default=None, help="dataset version (default: CURRENT)")
     p.add_argument(
         "--force", action="store_true", help="retrain even if an identical finished run exists"

@@ -114,8 +114,8 @@ def test_data_root_resolution(monkeypatch, tmp_path) -> None:
     assert ds.resolve_data_root(str(tmp_path / "arg")) == str(tmp_path / "arg")
     assert ds.resolve_data_root("s3://bucket/prefix/") == "s3://bucket/prefix"
     monkeypatch.delenv("AEVB_DATA_ROOT")
-    assert ds.resolve_data_root(None) == roots.DEFAULT_DATA_ROOT
-    assert roots.DEFAULT_DATA_ROOT.endswith(os.sep + "data")
+    assert ds.resolve_data_root(None) == roots.default_data_root()
+    assert roots.default_data_root().endswith(os.sep + "data")
 
 
 def test_check_model_inputs_guards_unit_interval_likelihoods(digits_root: str) -> None:

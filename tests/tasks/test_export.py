@@ -89,6 +89,24 @@ def test_values_equal_the_encoder_outputs(registered, exported):
         np.testing.assert_allclose(df.loc[list(ids), cols].to_numpy(), want, rtol=1e-5, atol=1e-6)
 
 
+def test_export_logs_progress_per_part_with_rows_rate_and_eta(registered, caplog, monkeypatch):
+    from tasks.export import export_latents
+    from tasks.ingest import ingest
+
+    ingest("digits", "digits-p", registered["root"])  # its own table: the module's stays as is
+    monkeypatch.setenv("AEVB_PROGRESS_SECONDS", "0")  # a line per batch
+    with caplog.at_level("INFO"):
+        out = export_latents(
+            registered["uri"], "digits-p", registered["root"], splits=("test",), batch_size=64
+        )
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("export digits-p")]
+    assert [ln.split(": ")[1].split(" rows")[0] for ln in lines] == ["64/180", "128/180", "180/180"]
+    assert all("rows/s" in ln and "ETA" in ln and "part-test-00000" in ln for ln in lines)
+    done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("export: wrote")]
+    assert len(done) == 1 and done[0].startswith(f"export: wrote 180 rows to {out.path} in ")
+    assert done[0].endswith("rows/s)")
+
+
 def test_provenance_in_manifest_and_parquet_metadata(registered, exported):
     manifest = json.loads(Path(f"{exported.path}.manifest.json").read_text())
     meta = json.loads(

@@ -119,3 +119,33 @@ def test_held_out_rows_falls_back_to_valid_when_test_is_empty(data_root):
 
     x, _ = held_out_rows(data_root, load_manifest(data_root, "notest", version))
     np.testing.assert_array_equal(x, read_split(data_root, "notest", version, C.VALID)[1])
+
+
+@pytest.mark.parametrize(
+    "degraded_shape, shape, clean",
+    [((8, 8), (8, 8), True), ((4, 4), (8, 8), True), ((8, 8), (8, 8), False), ((5,), (5,), True)],
+)
+def test_restoration_grid_has_a_row_per_example_and_a_column_per_stage(
+    tmp_path, degraded_shape, shape, clean
+):
+    rng = np.random.default_rng(0)
+    n = 4
+    d, dd = math.prod(shape), math.prod(degraded_shape)
+    mask = (rng.random((n, dd)) < 0.5).astype(np.float32) if dd == d else None
+    path = plots.plot_restoration(
+        rng.random((n, dd)),
+        rng.random((n, d)),
+        rng.random((n, d)) if clean else None,
+        degraded_shape,
+        shape,
+        str(tmp_path / "grid.png"),
+        "map",
+        mask=mask,
+    )
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        width, height = img.size
+    if plots.image_shape(shape) is not None:  # pictures: n rows of 2 or 3 cells, taller than wide
+        assert height > width * (n / (3 if clean else 2)) * 0.6
+    else:  # feature vectors: one profile panel
+        assert width > height

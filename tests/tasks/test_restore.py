@@ -235,3 +235,38 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(env, dataset, kwargs, e
         restore_dataset(uri, dataset, data_root=env["root"], **kw)
     assert "\n" not in str(exc.value)
     assert (sorted(os.walk(restored)) if os.path.isdir(restored) else []) == before
+
+
+def test_a_before_after_picture_is_published_beside_the_table_and_logged_to_the_run(env, inpaint):
+    from PIL import Image
+
+    from tasks import tracking
+
+    first = inpaint[2]["map"]
+    assert first.picture == f"{first.path}.before-after.png" and os.path.isfile(first.picture)
+    with Image.open(first.picture) as img:
+        assert img.format == "PNG" and img.size[1] > img.size[0]  # 8 rows of 3 pictures
+    assert sorted(os.listdir(first.path)) == ["part-test-00000.parquet"]  # the folder: Parquet only
+    assert first.picture_artifact == f"runs:/{env['run_id']}/restore/digits-inpaint/map.png"
+    assert "restore/digits-inpaint/map.png" in tracking.list_artifacts(
+        env["run_id"], "restore/digits-inpaint"
+    )
+    again = _restore(env, "digits-inpaint", "map")  # a no-op still names the picture
+    assert not again.created and again.picture == first.picture
+
+
+def test_super_resolution_pictures_keep_the_small_input(env):
+    out = _restore(env, "digits-superres", "amortized", log_to_mlflow=False)
+    assert os.path.isfile(out.picture) and out.picture_artifact is None
+
+
+def test_restore_logs_progress_with_rows_rate_and_eta(env, caplog, monkeypatch):
+    from tasks.restore import RestoreSettings
+
+    monkeypatch.setenv("AEVB_PROGRESS_SECONDS", "0")  # a line per batch
+    with caplog.at_level("INFO"):
+        _restore(env, "digits-denoise", "amortized", settings=RestoreSettings(batch_size=50))
+    lines = [r.getMessage() for r in caplog.records if "restore[amortized]" in r.getMessage()]
+    counts = [int(ln.split(": ")[1].split("/")[0]) for ln in lines]
+    assert counts == [50, 100, 150, 180], lines  # 180 test rows in batches of 50
+    assert all("/180 rows" in ln and "rows/s" in ln and "ETA" in ln for ln in lines)

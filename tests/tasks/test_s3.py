@@ -143,3 +143,23 @@ def test_stale_staging_prefixes_on_s3_are_swept_by_owner(s3_root: str, monkeypat
     assert removed == [foreign]
     assert not fs.exists(fs.join(foreign, "part-00000.parquet"))
     assert fs.exists(fs.join(mine, "part-00000.parquet"))
+
+
+def test_a_training_run_records_the_full_s3_uri_of_its_dataset(s3_root: str, tmp_path, monkeypatch):
+    """Lineage: the MLflow run names the s3:// dataset version, as a tag and as its input."""
+    import json
+
+    from models.config import ModelConfig, TrainConfig
+    from tasks import tracking
+    from tasks.train import train
+
+    monkeypatch.setenv("AEVB_MLFLOW_DIR", str(tmp_path / "mlflow"))
+    monkeypatch.setenv("AEVB_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
+    version = ingest("digits", "lin", s3_root).version
+    config = TrainConfig(epochs=1, batch_size=500, jit_compile=False)
+    out = train("lin", ModelConfig(latent_dim=2, hidden_sizes=(8,)), config, s3_root)
+    run = tracking.client().get_run(out.run_id)
+    assert run.data.tags["aevb.dataset_uri"] == f"{s3_root}/datasets/lin/{version}"
+    assert run.data.tags["aevb.data_root"] == s3_root
+    [ds] = run.inputs.dataset_inputs
+    assert json.loads(ds.dataset.source)["uri"] == f"{s3_root}/datasets/lin/{version}"

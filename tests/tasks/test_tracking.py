@@ -17,6 +17,7 @@ import pytest
 from models import constants as C
 from models.errors import TrackingError
 from tasks import plots, tracking
+from tasks.store import roots
 from tests.tasks._mlflow_helpers import write_dataset
 
 TINY_TRAIN = {"epochs": 2, "batch_size": 40, "jit_compile": False, "seed": 3}
@@ -141,7 +142,7 @@ def test_run_has_dataset_tags_lineage_and_git_commit(trained):
     assert {t.key: t.value for t in ds.tags}["mlflow.data.context"] == "train"
     assert "datasets/trk/" + trained["version"] in json.loads(ds.dataset.source)["uri"]
     head = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=tracking.REPO_ROOT, capture_output=True, text=True
+        ["git", "rev-parse", "HEAD"], cwd=roots.source_checkout(), capture_output=True, text=True
     )
     if head.returncode == 0:
         assert run.data.tags["mlflow.source.git.commit"] == head.stdout.strip()
