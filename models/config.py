@@ -27,6 +27,11 @@ Estimator = Literal["A", "B", "iwae"]
 Optimizer = Literal["adam", "adagrad"]
 Preset = Literal["default", "paper", "fast"]
 Theta = Literal["map", "full_vb"]  # point estimate of the decoder, or App. F's q(theta)
+Architecture = Literal["mlp", "conv"]  # conv: strided convolutions, for 2-D / 3-D feature shapes
+# Fields that only a conv model uses. `to_dict` leaves them (and `architecture`) out of an MLP's
+# dict, so an MLP's config.json, run key and checkpoint fingerprint stay as they were before conv
+# models existed; a dict without `architecture` therefore means "mlp", which must stay the default.
+CONV_FIELDS = ("architecture", "conv_channels", "conv_kernel_size")
 # Seeds are int32 stateless-RNG keys; validation seeds are train.seed + EVAL_SEED_OFFSET.
 EVAL_SEED_ROOM = 10_000
 assert EVAL_SEED_OFFSET < EVAL_SEED_ROOM
@@ -57,7 +62,13 @@ def _is_int(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of q(z|x) and p(x|z). ``feature_shape`` comes from the dataset manifest."""
+    """Architecture of q(z|x) and p(x|z). ``feature_shape`` comes from the dataset manifest.
+
+    ``architecture="conv"``: the encoder is ``len(conv_channels)`` stride-2 convolutions
+    (``conv_kernel_size`` square kernels) then dense ``hidden_sizes`` to the Gaussian heads; the
+    decoder mirrors it (dense layers, then stride-2 transposed convolutions). Images only: the
+    dataset's feature_shape must be (H, W) or (H, W, C) (`check_architecture`).
+    """
 
     feature_shape: tuple[int, ...] = (64,)
     latent_dim: int = 20
@@ -65,9 +76,12 @@ class ModelConfig:
     activation: Activation = "relu"
     likelihood: Likelihood = "bernoulli"
     init: Init = "glorot"
+    architecture: Architecture = "mlp"
+    conv_channels: tuple[int, ...] = (32, 64)
+    conv_kernel_size: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("feature_shape", "hidden_sizes"):
+        for name in ("feature_shape", "hidden_sizes", "conv_channels"):
             value = getattr(self, name)
             if not isinstance(value, (list, tuple)) or not all(_is_int(v) for v in value):
                 raise ConfigError(f"model.{name}={value!r} must be a list of positive integers")
@@ -82,6 +96,13 @@ class ModelConfig:
         _check_choice("model.activation", self.activation, Activation)
         _check_choice("model.likelihood", self.likelihood, Likelihood)
         _check_choice("model.init", self.init, Init)
+        _check_choice("model.architecture", self.architecture, Architecture)
+        if not self.conv_channels or any(c <= 0 for c in self.conv_channels):
+            raise ConfigError(
+                f"model.conv_channels={list(self.conv_channels)!r} must be a non-empty list of "
+                "positive integers (channels of each stride-2 convolution), e.g. [32, 64]"
+            )
+        _check_positive("model.conv_kernel_size", self.conv_kernel_size, integer=True)
 
     @property
     def input_dim(self) -> int:
@@ -89,6 +110,25 @@ class ModelConfig:
         for s in self.feature_shape:
             d *= s
         return d
+
+
+def check_architecture(model: ModelConfig, theta: str = "map", dataset: str = "") -> None:
+    """Refuse a conv model for data that are not images, and full VB over a conv decoder."""
+    if model.architecture != "conv":
+        return
+    shape = model.feature_shape
+    if len(shape) not in (2, 3):
+        where = f"dataset {dataset} has" if dataset else "the data have"
+        raise ConfigError(
+            f"model.architecture='conv' needs images, but {where} feature_shape "
+            f"{list(shape)} ({len(shape)}-D); use model.architecture='mlp', or ingest the data "
+            "with their (H, W) or (H, W, C) shape"
+        )
+    if theta == "full_vb":
+        raise ConfigError(
+            "train.theta='full_vb' supports model.architecture='mlp' only; set "
+            "model.architecture='mlp' or train.theta='map'"
+        )
 
 
 @dataclass(frozen=True)
@@ -164,10 +204,12 @@ def preset_overrides(preset: str) -> dict[str, dict[str, Any]]:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a config dataclass (tuples become lists)."""
-    return {
-        k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()
-    }
+    """A JSON-ready dict of a config dataclass (tuples become lists); an MLP's without CONV_FIELDS."""
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    if isinstance(config, ModelConfig) and config.architecture == "mlp":
+        for name in CONV_FIELDS:
+            out.pop(name)
+    return out
 
 
 def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
@@ -179,8 +221,10 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
 
 
 __all__ = [
+    "CONV_FIELDS",
     "ModelConfig",
     "TrainConfig",
+    "check_architecture",
     "PRESETS",
     "preset_overrides",
     "to_dict",

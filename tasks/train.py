@@ -22,7 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from models import constants as C
-from models.config import ModelConfig, TrainConfig, to_dict
+from models.config import ModelConfig, TrainConfig, check_architecture, to_dict
 from models.errors import TrainingDivergedError
 from tasks import plots, tracking
 from tasks.logs import logger
@@ -111,6 +111,7 @@ def plan_training(
     manifest = datasets.load_manifest(root, dataset, version)
     model = dataclasses.replace(model, feature_shape=tuple(manifest.feature_shape))
     datasets.check_model_inputs(manifest, model.likelihood)
+    check_architecture(model, train_config.theta, manifest.name)
     key = run_key(model, train_config, manifest.name, manifest.version)
     base = checkpoint_root or default_checkpoint_root(root)
     return _Plan(root, manifest, model, key, os.path.join(base, f"{manifest.name}-{key}"))

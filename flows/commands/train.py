@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from flows.commands.common import config_args, data_root_arg, pipeline_config
 
@@ -23,12 +24,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from flows.stages import train_flow
+    from models.config import check_architecture
     from tasks.store.datasets import check_model_inputs, load_manifest, resolve_data_root
 
     config = pipeline_config(args)
     root = resolve_data_root(args.data_root)
     # Validate at the boundary, before Prefect or TF start: missing dataset, wrong value range.
-    check_model_inputs(load_manifest(root, args.dataset, args.version), config.model.likelihood)
+    manifest = load_manifest(root, args.dataset, args.version)
+    check_model_inputs(manifest, config.model.likelihood)
+    model = dataclasses.replace(config.model, feature_shape=tuple(manifest.feature_shape))
+    check_architecture(model, config.train.theta, manifest.name)
     out = train_flow(args.dataset, config, root, args.version, force=args.force)
     print(
         f"trained {out.dataset}@{out.dataset_version[:12]}: best valid ELBO {out.best_valid_elbo:.3f} "
