@@ -33,6 +33,8 @@ VERBS = (
     "evaluate",
     "models",
     "export",
+    "score",
+    "sample",
     "corrupt",
     "restore",
     "pipeline",

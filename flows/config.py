@@ -6,7 +6,9 @@
     [train]     epochs, batch_size, optimizer, learning_rate, weight_decay, estimator, num_samples, ...
     [evaluate]  num_samples (K), batch_size, seed, split
     [register]  model_name
-    [export]    splits, batch_size
+    [export]    splits, batch_size, log_px_samples (K > 0: an importance-sampled `log_px` column)
+    [score]     splits, batch_size, log_px_samples, seed            (`aevb score`)
+    [sample]    num_samples, seed, draws, manifold_size             (`aevb sample`)
     [pipeline]  retrain_on_unchanged, lock_timeout_seconds, retries, retry_delay_seconds,
                 task_runner ("threads" | "dask"), dask_address, workers
 
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models import constants as C
-from models.config import ModelConfig, TrainConfig, preset_overrides
+from models.config import ModelConfig, SampleConfig, TrainConfig, preset_overrides
 from models.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -138,21 +140,42 @@ class RegisterSection:
             )
 
 
+def _check_splits(section: str, splits: Any) -> tuple[str, ...]:
+    if isinstance(splits, str) or not isinstance(splits, (list, tuple)):
+        raise ConfigError(f'{section}.splits={splits!r} must be a list, e.g. ["test"]')
+    bad = [s for s in splits if s not in C.SPLITS]
+    if bad or not splits:
+        raise ConfigError(f"{section}.splits={list(splits)!r}; choose from {', '.join(C.SPLITS)}")
+    return tuple(splits)
+
+
 @dataclass(frozen=True)
 class ExportSection:
     splits: tuple[str, ...] = C.SPLITS
     batch_size: int = 2000
+    # K > 0: a `log_px` column, log p(x) by importance sampling (K decoder passes per row); 0 = off
+    log_px_samples: int = 0
 
     def __post_init__(self) -> None:
         _check_int("export.batch_size", self.batch_size, 1)
-        if isinstance(self.splits, str) or not isinstance(self.splits, (list, tuple)):
-            raise ConfigError(f'export.splits={self.splits!r} must be a list, e.g. ["test"]')
-        object.__setattr__(self, "splits", tuple(self.splits))
-        bad = [s for s in self.splits if s not in C.SPLITS]
-        if bad or not self.splits:
-            raise ConfigError(
-                f"export.splits={list(self.splits)!r}; choose from {', '.join(C.SPLITS)}"
-            )
+        object.__setattr__(self, "splits", _check_splits("export", self.splits))
+        _check_int("export.log_px_samples", self.log_px_samples, 0)
+
+
+@dataclass(frozen=True)
+class ScoreSection:
+    """`aevb score`: the latent table with anomaly scores for any dataset version."""
+
+    splits: tuple[str, ...] = C.SPLITS
+    batch_size: int = 2000
+    log_px_samples: int = 1000  # 0: the elbo column only
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("score.batch_size", self.batch_size, 1)
+        object.__setattr__(self, "splits", _check_splits("score", self.splits))
+        _check_int("score.log_px_samples", self.log_px_samples, 0)
+        _check_int("score.seed", self.seed, 0)
 
 
 @dataclass(frozen=True)
@@ -200,6 +223,8 @@ class PipelineConfig:
     register: RegisterSection = field(default_factory=RegisterSection)
     export: ExportSection = field(default_factory=ExportSection)
     pipeline: PipelineSection = field(default_factory=PipelineSection)
+    score: ScoreSection = field(default_factory=ScoreSection)
+    sample: SampleConfig = field(default_factory=SampleConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -213,6 +238,8 @@ SECTIONS: dict[str, type] = {
     "register": RegisterSection,
     "export": ExportSection,
     "pipeline": PipelineSection,
+    "score": ScoreSection,
+    "sample": SampleConfig,
 }
 # feature_shape comes from the dataset manifest, never from the user.
 _HIDDEN = {"model": {"feature_shape"}}

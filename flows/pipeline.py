@@ -193,6 +193,7 @@ def evaluate_register_export(
         config.export.splits,
         config.export.batch_size,
         part_task=stage(encode_part_task),
+        log_px_samples=config.export.log_px_samples,
     )
     log.info("[5/5] export: %s (%d rows)", exported.path, exported.rows)
     return Outcome(

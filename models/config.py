@@ -174,6 +174,34 @@ class TrainConfig:
             )
 
 
+@dataclass(frozen=True)
+class SampleConfig:
+    """Generation from a trained model (`aevb sample`): z ~ p(z), then E[x|z] and x ~ p(x|z)."""
+
+    num_samples: int = 64
+    seed: int = 0
+    draws: bool = False  # also x ~ p(x|z), besides the decoder means E[x|z]
+    manifold_size: int = 20  # a 2-D latent space also gets an n x n manifold picture (Fig. 4)
+
+    def __post_init__(self) -> None:
+        for name, low, high in (
+            ("num_samples", 1, MAX_GENERATED),
+            ("seed", 0, 2**31 - 1),
+            ("manifold_size", 2, MAX_MANIFOLD),
+        ):
+            value = getattr(self, name)
+            if not _is_int(value) or not low <= value <= high:
+                raise ConfigError(
+                    f"sample.{name}={value!r} must be an integer in [{low}, {high:,}]"
+                )
+        if not isinstance(self.draws, bool):
+            raise ConfigError(f"sample.draws={self.draws!r} must be true or false")
+
+
+MAX_GENERATED = 100_000  # rows per `aevb sample` run
+MAX_MANIFOLD = 50  # side of the manifold grid
+
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {"model": {}, "train": {}},
     "paper": {
@@ -223,6 +251,7 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
 __all__ = [
     "CONV_FIELDS",
     "ModelConfig",
+    "SampleConfig",
     "TrainConfig",
     "check_architecture",
     "PRESETS",

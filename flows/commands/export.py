@@ -32,7 +32,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=0,
         help="also write K draws z ~ q(z|x) per row as z_samples (default: 0, none)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the z samples (default: 0)")
+    p.add_argument(
+        "--log-px-samples",
+        type=int,
+        default=0,
+        help="also write log_px, log p(x) by importance sampling with K samples per row, an "
+        "anomaly score beside the always-written elbo (default: 0, off; costs K decoder passes "
+        "per row)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the z samples and of the scores' noise (default: 0)",
+    )
     data_root_arg(p)
     p.set_defaults(func=run)
 
@@ -42,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from tasks.export import check_export_args
 
     splits = comma_list(args.splits)
-    check_export_args(splits, args.batch_size, args.samples)
+    check_export_args(splits, args.batch_size, args.samples, args.log_px_samples)
     out = export_flow(
         args.model,
         args.dataset,
@@ -52,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         args.batch_size,
         args.samples,
         args.seed,
+        args.log_px_samples,
     )
     print(
         f"latent table: {out.path} ({out.rows} rows){'' if out.created else ' [already up to date]'}"
