@@ -34,7 +34,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 
 from models import constants as C
-from models.errors import ConfigError
+from models.errors import ConfigError, DatasetError
 from tasks import tracking
 from tasks.logs import logger
 from tasks.store import datasets, fs, publish, readers, tables
@@ -253,6 +253,7 @@ def export_latents(
     root = datasets.resolve_data_root(data_root)
     manifest = datasets.load_manifest(root, dataset, version)
     resolved = tracking.resolve_model(model_uri)
+    latent_dim = check_model_fits(resolved.saved_model_dir, manifest, model_uri)
     model_name = resolved.name or "unregistered"
     model_version = resolved.version if resolved.version is not None else (resolved.run_id or "0")
     final = table_path(root, manifest, model_name, model_version, scores_table)
@@ -272,15 +273,13 @@ def export_latents(
         rows = int(existing["rows"])
         return ExportOutput(final, rows, model_uri, resolved.version, manifest.version, False)
 
-    from models.saved import read_config
-
     provenance = {
         "model_uri": model_uri,
         "model_name": model_name,
         "model_version": resolved.version,
         "run_id": resolved.run_id,
         "dataset": manifest.name,
-        "latent_dim": read_config(resolved.saved_model_dir)[0].latent_dim,
+        "latent_dim": latent_dim,
         **key,
     }
     calls = _part_calls(
@@ -301,6 +300,23 @@ def export_latents(
     doc = tables.publish_table(final, fill)
     logger().info("%s: wrote %d rows to %s", stage_name, doc["rows"], final)
     return ExportOutput(final, doc["rows"], model_uri, resolved.version, manifest.version, True)
+
+
+def check_model_fits(saved_model_dir: str, manifest: datasets.DatasetManifest, uri: str) -> int:
+    """Refuse a dataset whose rows the model cannot read (other D, values outside the
+    likelihood's support); returns the model's latent_dim."""
+    from models.saved import read_config
+
+    config = read_config(saved_model_dir)[0]
+    if config.input_dim != manifest.input_dim:
+        raise DatasetError(
+            f"dataset {manifest.name!r} version {manifest.version}: rows have feature_shape "
+            f"{list(manifest.feature_shape)} ({manifest.input_dim} values) but model_uri={uri!r} "
+            f"reads {list(config.feature_shape)} ({config.input_dim}); use a model trained on "
+            "data of this shape"
+        )
+    datasets.check_model_inputs(manifest, config.likelihood)
+    return config.latent_dim
 
 
 def table_path(
