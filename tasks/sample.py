@@ -11,7 +11,8 @@
 
 z ~ N(0, I) comes from numpy's PCG64 seeded by ``seed`` (so the first rows of a larger N are the
 rows of a smaller one); draws use TF's stateless sampler keyed by (seed, batch). Same model
-version, settings and seed -> the same bytes; another seed -> other samples. Values are in model
+version, settings and seed -> the same bytes; another seed -> other samples (the manifold picture
+is a fixed grid of z: it depends on the model and manifold_size only). Values are in model
 space (what the decoder's likelihood is defined on). The folder is published atomically
 (tasks/store/publish.py) and logged to the model's MLflow run under
 `samples/seed<S>-n<N>[-draws]/`; the same settings again are a no-op.
