@@ -16,22 +16,25 @@ SHAPE = (6, 5)
 D = 30
 
 
-def _register(tmp: Path, name: str, likelihood: str, latent_dim: int) -> dict:
+def _register(
+    tmp: Path, name: str, likelihood: str, latent_dim: int, shape: tuple[int, ...] = SHAPE
+) -> dict:
     """An untrained model of ``likelihood`` logged as a pyfunc and registered as version 1."""
     from models.config import ModelConfig
     from models.saved import save_model
     from models.vae import VAE
     from tasks import tracking
 
-    if likelihood == "bernoulli" and latent_dim == 2:
+    if likelihood == "bernoulli" and latent_dim == 2 and shape == SHAPE:
         saved = save_untrained_model(tmp / name, SHAPE, latent_dim)
     else:
         cfg = ModelConfig(
-            feature_shape=SHAPE, latent_dim=latent_dim, hidden_sizes=(16,), likelihood=likelihood
+            feature_shape=shape, latent_dim=latent_dim, hidden_sizes=(16,), likelihood=likelihood
         )
         saved = save_model(VAE(cfg, seed=1), str(tmp / name))
     run_id = tracking.start_run("aevb-sample-tests", run_name=name)
-    logged = tracking.log_pyfunc_model(run_id, saved, np.zeros((2, D), np.float32))
+    dim = int(np.prod(shape))
+    logged = tracking.log_pyfunc_model(run_id, saved, np.zeros((2, dim), np.float32))
     version = tracking.register_model(logged, name, run_id)
     return {"uri": f"models:/{name}/{version.version}", "run_id": run_id, "saved": saved}
 
@@ -49,6 +52,7 @@ def models(tmp_path_factory):
         ("m-bernoulli-3d", "bernoulli", 3),
     ):
         out[name] = _register(tmp, name, likelihood, k)
+    out["m-vectors"] = _register(tmp, "m-vectors", "gaussian", 2, shape=(12,))
     yield out
     if old is None:
         os.environ.pop("AEVB_MLFLOW_DIR", None)
@@ -91,6 +95,15 @@ def test_no_manifold_without_a_2d_latent_space_and_no_draws_unless_asked(models)
     assert out.files == ("grid.png", "samples.parquet")
     got = read_samples(out.path)
     assert got["z"].shape == (10, 3) and "x_draw" not in got
+
+
+def test_vectors_get_profile_pictures(models):
+    """Non-image data: per-feature profiles instead of a mosaic, and a manifold of profiles."""
+    from tasks.sample import read_samples
+
+    out = _sample(models, "m-vectors", num_samples=8, manifold_size=4)
+    assert out.files == ("grid.png", "manifold.png", "samples.parquet")
+    assert read_samples(out.path)["x_mean"].shape == (8, 12)
 
 
 def test_decoder_means_are_the_saved_models_decode_signature(models):
