@@ -177,6 +177,8 @@ VERBS = (
     "evaluate",
     "models",
     "export",
+    "score",
+    "sample",
     "corrupt",
     "restore",
     "pipeline",

@@ -1,12 +1,11 @@
 """Pipeline configuration: frozen sections, one loader (TOML file, then `key=value` overrides).
 
-Sections data, model, train, evaluate, register, export, pipeline (plus the top-level `preset`);
+Sections data, model, train, evaluate, register, export, score, sample, pipeline (plus the top-level `preset`);
 every key is documented in its class's "Keys:" docstring table, which `aevb config show` prints
 with its type, default and allowed values (flows/config_docs.py).
 
 Unknown sections or keys are errors that list the valid ones. The resolved config is logged to
-MLflow as params. `parse_reproduce_overrides` reads the `aevb reproduce` KEY=VALUE settings (typed
-fields of `tasks.reproduce.settings.ReproduceSettings`, tuples as comma lists).
+MLflow as params. `aevb reproduce` settings are parsed in flows/config_reproduce.py.
 """
 
 from __future__ import annotations
@@ -15,13 +14,12 @@ import dataclasses
 import math
 import re
 import sys
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flows.config_sources import read_config_file
 from models import constants as C
-from models.config import ModelConfig, TrainConfig, preset_overrides
+from models.config import ModelConfig, SampleConfig, TrainConfig, preset_overrides
 from models.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -172,6 +170,15 @@ class RegisterSection:
             )
 
 
+def _check_splits(section: str, splits: Any) -> tuple[str, ...]:
+    if isinstance(splits, str) or not isinstance(splits, (list, tuple)):
+        raise ConfigError(f'{section}.splits={splits!r} must be a list, e.g. ["test"]')
+    bad = [s for s in splits if s not in C.SPLITS]
+    if bad or not splits:
+        raise ConfigError(f"{section}.splits={list(splits)!r}; choose from {', '.join(C.SPLITS)}")
+    return tuple(splits)
+
+
 @dataclass(frozen=True)
 class ExportSection:
     """The latent feature table written with the champion.
@@ -179,21 +186,41 @@ class ExportSection:
     Keys:
         splits: splits encoded into the latent table
         batch_size: rows per encoder call {>= 1}
+        log_px_samples: K > 0 adds a `log_px` column, log p(x) by importance sampling with K
+            samples (K decoder passes per row) beside the always-written `elbo`; 0 = off {>= 0}
     """
 
     splits: tuple[Literal["train", "valid", "test"], ...] = C.SPLITS
     batch_size: int = 2000
+    log_px_samples: int = 0
 
     def __post_init__(self) -> None:
         _check_int("export.batch_size", self.batch_size, 1)
-        if isinstance(self.splits, str) or not isinstance(self.splits, (list, tuple)):
-            raise ConfigError(f'export.splits={self.splits!r} must be a list, e.g. ["test"]')
-        object.__setattr__(self, "splits", tuple(self.splits))
-        bad = [s for s in self.splits if s not in C.SPLITS]
-        if bad or not self.splits:
-            raise ConfigError(
-                f"export.splits={list(self.splits)!r}; choose from {', '.join(C.SPLITS)}"
-            )
+        object.__setattr__(self, "splits", _check_splits("export", self.splits))
+        _check_int("export.log_px_samples", self.log_px_samples, 0)
+
+
+@dataclass(frozen=True)
+class ScoreSection:
+    """`aevb score`: the latent table with anomaly scores for any dataset version.
+
+    Keys:
+        splits: splits scored
+        batch_size: rows per model call {>= 1}
+        log_px_samples: K importance samples per row for `log_px`; 0 = the `elbo` column only {>= 0}
+        seed: seed of the scores' noise {>= 0}
+    """
+
+    splits: tuple[str, ...] = C.SPLITS
+    batch_size: int = 2000
+    log_px_samples: int = 1000  # 0: the elbo column only
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("score.batch_size", self.batch_size, 1)
+        object.__setattr__(self, "splits", _check_splits("score", self.splits))
+        _check_int("score.log_px_samples", self.log_px_samples, 0)
+        _check_int("score.seed", self.seed, 0)
 
 
 @dataclass(frozen=True)
@@ -253,6 +280,8 @@ class PipelineConfig:
     register: RegisterSection = field(default_factory=RegisterSection)
     export: ExportSection = field(default_factory=ExportSection)
     pipeline: PipelineSection = field(default_factory=PipelineSection)
+    score: ScoreSection = field(default_factory=ScoreSection)
+    sample: SampleConfig = field(default_factory=SampleConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -266,6 +295,8 @@ SECTIONS: dict[str, type] = {
     "register": RegisterSection,
     "export": ExportSection,
     "pipeline": PipelineSection,
+    "score": ScoreSection,
+    "sample": SampleConfig,
 }
 # feature_shape comes from the dataset manifest, never from the user.
 _HIDDEN = {"model": {"feature_shape"}}
@@ -335,63 +366,3 @@ def load_config(
         values.update(given)
         built[name] = cls(**values)
     return PipelineConfig(preset=preset, **built)
-
-
-# ----------------------------------------------------------------------------- reproduce
-
-
-def _reproduce_fields() -> dict[str, Any]:
-    from tasks.reproduce.settings import ReproduceSettings
-
-    hints = typing.get_type_hints(ReproduceSettings)
-    return {f.name: hints[f.name] for f in dataclasses.fields(ReproduceSettings)}
-
-
-def _convert_typed(key: str, text: str, kind: Any) -> Any:
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    try:
-        if origin is tuple:
-            item = args[0]
-            parts = [t.strip() for t in text.strip("()[] ").split(",") if t.strip()]
-            values = tuple(_convert_typed(key, t, item) for t in parts)
-            if args[-1] is not Ellipsis and len(values) != len(args):
-                raise ValueError(f"expected {len(args)} values")
-            if not values:
-                raise ValueError("empty list")
-            return values
-        if kind is bool:
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError("expected true or false")
-            return text.lower() in ("true", "1")
-        if kind is int:
-            return int(text.replace("_", ""))
-        if kind is float:
-            return float(text)
-        return text
-    except ValueError as exc:
-        raise ConfigError(f"reproduce override {key}={text!r}: {exc}") from exc
-
-
-def parse_reproduce_overrides(items: list[str]) -> dict[str, Any]:
-    """``["fig2_latents=3,20", ...]`` -> typed `ReproduceSettings` fields (ConfigError if unknown)."""
-    types, out = _reproduce_fields(), {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or key not in types or key in ("mode", "seed", "dataset"):
-            settable = sorted(set(types) - {"mode", "seed", "dataset"})
-            raise ConfigError(
-                f"reproduce: unknown setting {item!r}; use --quick/--full, --seed, --dataset, or "
-                f"one of {', '.join(settable)}"
-            )
-        out[key] = _convert_typed(key, value.strip(), types[key])
-    for key, value in out.items():
-        values = value if isinstance(value, tuple) else (value,)
-        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        if any(not math.isfinite(v) or v <= 0 for v in numbers):
-            if isinstance(value, tuple):
-                raise ConfigError(
-                    f"reproduce override {key}={list(value)!r}: values must be > 0 (and finite)"
-                )
-            raise ConfigError(f"reproduce override {key}={value!r} must be > 0 (and finite)")
-    return out

@@ -1,4 +1,5 @@
-"""Every single-stage Prefect flow: what `aevb ingest|train|evaluate|export|corrupt|restore` run.
+"""Every single-stage Prefect flow: what `aevb ingest|train|evaluate|export|score|sample|corrupt|
+restore` run.
 
 Each flow is a thin shell around one stage task (tasks/), so every verb shows up in the Prefect UI
 with its task run, logs and artifacts. The pipeline (flows/pipeline.py) composes the same tasks.
@@ -14,9 +15,10 @@ from flows.config import PipelineConfig
 from models import constants as C
 from tasks.corrupt import CorruptOutput, corrupt_task
 from tasks.evaluate import EvaluationSummary, evaluate_task
-from tasks.export import ExportOutput, export_task
+from tasks.export import ExportOutput, export_task, score_task
 from tasks.ingest import ingest_task
 from tasks.restore import RestoreOutput, RestoreSettings, decode_latents_task, restore_task
+from tasks.sample import SampleOutput, sample_task
 from tasks.store.writer import IngestResult
 from tasks.train import TrainOutput, train_task
 
@@ -117,8 +119,49 @@ def export_flow(
     batch_size: int = 2000,
     samples: int = 0,
     seed: int = 0,
+    log_px_samples: int = 0,
 ) -> ExportOutput:
-    return export_task(model_uri, dataset, data_root, version, splits, batch_size, samples, seed)
+    return export_task(
+        model_uri,
+        dataset,
+        data_root,
+        version,
+        splits,
+        batch_size,
+        samples,
+        seed,
+        log_px_samples=log_px_samples,
+    )
+
+
+@flow(name="aevb-score")
+def score_flow(
+    model_uri: str,
+    dataset: str,
+    data_root: str | None = None,
+    version: str | None = None,
+    splits: tuple[str, ...] = C.SPLITS,
+    batch_size: int = 2000,
+    log_px_samples: int = 1000,
+    seed: int = 0,
+) -> ExportOutput:
+    """The latent table with per-row anomaly scores (elbo, log_px) for any dataset version."""
+    return score_task(
+        model_uri, dataset, data_root, version, splits, batch_size, log_px_samples, seed
+    )
+
+
+@flow(name="aevb-sample")
+def sample_flow(
+    model_uri: str,
+    num_samples: int = 64,
+    seed: int = 0,
+    draws: bool = False,
+    manifold_size: int = 20,
+    data_root: str | None = None,
+) -> SampleOutput:
+    """x ~ p(z) p(x|z) from a registry model: table + pictures, logged to the model's run."""
+    return sample_task(model_uri, num_samples, seed, draws, manifold_size, data_root)
 
 
 @flow(name="aevb-corrupt")

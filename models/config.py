@@ -28,6 +28,11 @@ Estimator = Literal["A", "B", "iwae"]
 Optimizer = Literal["adam", "adagrad"]
 Preset = Literal["default", "paper", "fast"]
 Theta = Literal["map", "full_vb"]  # point estimate of the decoder, or App. F's q(theta)
+Architecture = Literal["mlp", "conv"]  # conv: strided convolutions, for 2-D / 3-D feature shapes
+# Fields that only a conv model uses. `to_dict` leaves them (and `architecture`) out of an MLP's
+# dict, so an MLP's config.json, run key and checkpoint fingerprint stay as they were before conv
+# models existed; a dict without `architecture` therefore means "mlp", which must stay the default.
+CONV_FIELDS = ("architecture", "conv_channels", "conv_kernel_size")
 # Seeds are int32 stateless-RNG keys; validation seeds are train.seed + EVAL_SEED_OFFSET.
 EVAL_SEED_ROOM = 10_000
 assert EVAL_SEED_OFFSET < EVAL_SEED_ROOM
@@ -70,6 +75,14 @@ class ModelConfig:
         likelihood: decoder p(x|z): Bernoulli (binary or [0, 1] data), Gaussian with learned
             variance (continuous data), or continuous Bernoulli
         init: weight initialisation: Glorot, or the paper's N(0, 0.01) for every weight
+        architecture: mlp (dense layers, the paper's) or conv (images only, see below)
+        conv_channels: conv: channels of each stride-2 convolution of the encoder {ints >= 1}
+        conv_kernel_size: conv: side of the square kernels {>= 1}
+
+    ``architecture="conv"``: the encoder is ``len(conv_channels)`` stride-2 convolutions
+    (``conv_kernel_size`` square kernels) then dense ``hidden_sizes`` to the Gaussian heads; the
+    decoder mirrors it (dense layers, then stride-2 transposed convolutions). Images only: the
+    dataset's feature_shape must be (H, W) or (H, W, C) (`check_architecture`).
     """
 
     feature_shape: tuple[int, ...] = (64,)
@@ -78,9 +91,12 @@ class ModelConfig:
     activation: Activation = "relu"
     likelihood: Likelihood = "bernoulli"
     init: Init = "glorot"
+    architecture: Architecture = "mlp"
+    conv_channels: tuple[int, ...] = (32, 64)
+    conv_kernel_size: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("feature_shape", "hidden_sizes"):
+        for name in ("feature_shape", "hidden_sizes", "conv_channels"):
             value = getattr(self, name)
             if not isinstance(value, (list, tuple)) or not all(_is_int(v) for v in value):
                 raise ConfigError(f"model.{name}={value!r} must be a list of positive integers")
@@ -95,6 +111,13 @@ class ModelConfig:
         _check_choice("model.activation", self.activation, Activation)
         _check_choice("model.likelihood", self.likelihood, Likelihood)
         _check_choice("model.init", self.init, Init)
+        _check_choice("model.architecture", self.architecture, Architecture)
+        if not self.conv_channels or any(c <= 0 for c in self.conv_channels):
+            raise ConfigError(
+                f"model.conv_channels={list(self.conv_channels)!r} must be a non-empty list of "
+                "positive integers (channels of each stride-2 convolution), e.g. [32, 64]"
+            )
+        _check_positive("model.conv_kernel_size", self.conv_kernel_size, integer=True)
 
     @property
     def input_dim(self) -> int:
@@ -102,6 +125,25 @@ class ModelConfig:
         for s in self.feature_shape:
             d *= s
         return d
+
+
+def check_architecture(model: ModelConfig, theta: str = "map", dataset: str = "") -> None:
+    """Refuse a conv model for data that are not images, and full VB over a conv decoder."""
+    if model.architecture != "conv":
+        return
+    shape = model.feature_shape
+    if len(shape) not in (2, 3):
+        where = f"dataset {dataset} has" if dataset else "the data have"
+        raise ConfigError(
+            f"model.architecture='conv' needs images, but {where} feature_shape "
+            f"{list(shape)} ({len(shape)}-D); use model.architecture='mlp', or ingest the data "
+            "with their (H, W) or (H, W, C) shape"
+        )
+    if theta == "full_vb":
+        raise ConfigError(
+            "train.theta='full_vb' supports model.architecture='mlp' only; set "
+            "model.architecture='mlp' or train.theta='map'"
+        )
 
 
 @dataclass(frozen=True)
@@ -163,6 +205,41 @@ class TrainConfig:
             )
 
 
+@dataclass(frozen=True)
+class SampleConfig:
+    """Generation from a trained model (`aevb sample`): z ~ p(z), then E[x|z] and x ~ p(x|z).
+
+    Keys:
+        num_samples: how many z to draw {[1, 100000]}
+        seed: seed of z and of the draws {[0, 2**31 - 1]}
+        draws: also x ~ p(x|z) (column x_draw, grid_draws.png), besides the means E[x|z]
+        manifold_size: side of the manifold picture of a 2-D latent space (Fig. 4) {[2, 50]}
+    """
+
+    num_samples: int = 64
+    seed: int = 0
+    draws: bool = False  # also x ~ p(x|z), besides the decoder means E[x|z]
+    manifold_size: int = 20  # a 2-D latent space also gets an n x n manifold picture (Fig. 4)
+
+    def __post_init__(self) -> None:
+        for name, low, high in (
+            ("num_samples", 1, MAX_GENERATED),
+            ("seed", 0, 2**31 - 1),
+            ("manifold_size", 2, MAX_MANIFOLD),
+        ):
+            value = getattr(self, name)
+            if not _is_int(value) or not low <= value <= high:
+                raise ConfigError(
+                    f"sample.{name}={value!r} must be an integer in [{low}, {high:,}]"
+                )
+        if not isinstance(self.draws, bool):
+            raise ConfigError(f"sample.draws={self.draws!r} must be true or false")
+
+
+MAX_GENERATED = 100_000  # rows per `aevb sample` run
+MAX_MANIFOLD = 50  # side of the manifold grid
+
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {"model": {}, "train": {}},
     "paper": {
@@ -193,10 +270,12 @@ def preset_overrides(preset: str) -> dict[str, dict[str, Any]]:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a config dataclass (tuples become lists)."""
-    return {
-        k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()
-    }
+    """A JSON-ready dict of a config dataclass (tuples become lists); an MLP's without CONV_FIELDS."""
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    if isinstance(config, ModelConfig) and config.architecture == "mlp":
+        for name in CONV_FIELDS:
+            out.pop(name)
+    return out
 
 
 def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
@@ -208,8 +287,11 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
 
 
 __all__ = [
+    "CONV_FIELDS",
     "ModelConfig",
+    "SampleConfig",
     "TrainConfig",
+    "check_architecture",
     "PRESETS",
     "preset_overrides",
     "to_dict",

@@ -30,7 +30,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from models import constants as C
-from models.config import ModelConfig, TrainConfig
+from models.config import ModelConfig, TrainConfig, check_architecture
 from models.errors import ConfigError
 from models.objectives import elbo
 from models.optim import for_training
@@ -106,6 +106,7 @@ class FullVBVAE(tf.Module):
             raise ConfigError(
                 f"full_vb initial_std={initial_std!r} and prior_std={prior_std!r} must be > 0"
             )
+        check_architecture(config, theta="full_vb")  # q(theta) is over dense layers' weights
         self.config, self.initial_std, self.prior_std = config, float(initial_std), float(prior_std)
         self.vae = VAE(config, seed=seed) if vae is None else vae
         rho0 = math.log(math.expm1(initial_std))  # softplus^{-1}

@@ -162,6 +162,20 @@ def importance_sampled_log_marginal(
     return tf.cast(stats.log_sum_w - math.log(num_samples), model.prior().dtype)
 
 
+def elbo_from_noise(
+    model, x: tf.Tensor, mean: tf.Tensor, std: tf.Tensor, eps: tf.Tensor
+) -> tf.Tensor:
+    """Estimator B of the ELBO per row of x [B, D], given q(z|x) = N(mean, diag(std^2)) ([B, k])
+    and the standard-normal noise eps [L, B, k]: mean_l log p(x | mean + std * eps_l) - KL(q || p).
+
+    With the noise drawn by the caller (e.g. one seeded stream per file) the result does not depend
+    on how rows are batched. Returns [B] in the prior's dtype.
+    """
+    q = tfd.MultivariateNormalDiag(loc=mean, scale_diag=std)
+    log_likelihood = model.likelihood(mean + std * eps).log_prob(x)  # [L, B]
+    return tf.reduce_mean(log_likelihood, axis=0) - tfd.kl_divergence(q, model.prior())
+
+
 @dataclass(frozen=True)
 class EvaluationResult:
     """Per-point estimates (each [N], in input order) and dataset-level numbers."""
@@ -349,6 +363,7 @@ __all__ = [
     "TARGET_CHUNK_ROWS",
     "chunk_stats",
     "combine",
+    "elbo_from_noise",
     "evaluate_dataset",
     "importance_sampled_log_marginal",
     "philox_sampled",

@@ -1,15 +1,21 @@
 """The AEVB model: a Gaussian recognition model q(z|x) and a decoder p(x|z) with a N(0, I) prior.
 
-    q_phi(z|x)   = N(z; mu_phi(x), diag(sigma_phi(x)^2))        (encoder MLP, Sec. C.2 of the paper)
+    q_phi(z|x)   = N(z; mu_phi(x), diag(sigma_phi(x)^2))        (encoder, Sec. C.2 of the paper)
     p(z)         = N(z; 0, I)
-    p_theta(x|z) = prod_d  Bernoulli | Gaussian | ContinuousBernoulli  (decoder MLP)
+    p_theta(x|z) = prod_d  Bernoulli | Gaussian | ContinuousBernoulli  (decoder)
+
+Encoder and decoder are MLPs (`model.architecture = "mlp"`, the paper's) or, for images,
+convolutional (`"conv"`): stride-2 convolutions, then dense layers to the Gaussian heads; the
+decoder mirrors them with dense layers and stride-2 transposed convolutions. Either network maps
+flat vectors to flat vectors (the conv ones reshape to [H, W, C] inside), so the likelihoods, the
+numerical guards and everything downstream are the same for both.
 
 Networks are plain `tf.Module`s holding `tf.Variable`s, so checkpoints, SavedModels and compiled
-steps see exactly the parameters we mean. Encoder and decoder return `tfd` distributions; the
-decoder wraps `tfd.Independent` so `log_prob` sums over the D features.
+steps see exactly the parameters we mean. `VAE` returns `tfd` distributions; the likelihood wraps
+`tfd.Independent` so `log_prob` sums over the D features.
 
-Shapes: x is [..., D] (flattened features, float32 in model space, e.g. [0, 1] pixels);
-z is [..., latent_dim].
+Shapes: x is [..., D] (flattened features in row-major order of feature_shape, float32 in model
+space, e.g. [0, 1] pixels); z is [..., latent_dim].
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import math
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from models.config import ModelConfig
+from models.config import ModelConfig, check_architecture
 
 tfd = tfp.distributions
 
@@ -42,22 +48,26 @@ def soft_clip(x: tf.Tensor, low: float, high: float) -> tf.Tensor:
     return mid + half * tf.math.tanh((x - mid) / half)
 
 
+def initial_weights(
+    shape: list[int], fan_in: int, fan_out: int, n_bias: int, init: str, seed: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """(weights of ``shape``, bias [n_bias]): Glorot uniform and zero bias, or the paper's init."""
+    if init == "paper":
+        # Sec. 5: "parameters were initialized by random sampling from N(0, 0.01)": all of them,
+        # biases included; the paper writes N(mean, variance), so the std is 0.1.
+        w0 = tf.random.stateless_normal(shape, seed=[seed, 1], stddev=PAPER_INIT_STD)
+        return w0, tf.random.stateless_normal([n_bias], seed=[seed, 2], stddev=PAPER_INIT_STD)
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    w0 = tf.random.stateless_uniform(shape, seed=[seed, 1], minval=-limit, maxval=limit)
+    return w0, tf.zeros([n_bias])
+
+
 class Dense(tf.Module):
-    """y = activation(x W + b), with Glorot or the paper's N(0, 0.01) initialisation."""
+    """y = x W + b, with Glorot or the paper's N(0, 0.01) initialisation."""
 
     def __init__(self, n_in: int, n_out: int, init: str, seed: int, name: str | None = None):
         super().__init__(name=name)
-        if init == "paper":
-            # Sec. 5: "parameters were initialized by random sampling from N(0, 0.01)": all of them,
-            # biases included; the paper writes N(mean, variance), so the std is 0.1.
-            w0 = tf.random.stateless_normal([n_in, n_out], seed=[seed, 1], stddev=PAPER_INIT_STD)
-            b0 = tf.random.stateless_normal([n_out], seed=[seed, 2], stddev=PAPER_INIT_STD)
-        else:
-            limit = math.sqrt(6.0 / (n_in + n_out))
-            w0 = tf.random.stateless_uniform(
-                [n_in, n_out], seed=[seed, 1], minval=-limit, maxval=limit
-            )
-            b0 = tf.zeros([n_out])
+        w0, b0 = initial_weights([n_in, n_out], n_in, n_out, n_out, init, seed)
         self.w = tf.Variable(w0, name="w")
         self.b = tf.Variable(b0, name="b")
 
@@ -92,21 +102,154 @@ class MLP(tf.Module):
         return self.layers[-1](x)
 
 
+def image_shape(feature_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(H, W, C) of a 2-D (H, W) or 3-D (H, W, C) feature shape."""
+    return (*feature_shape, 1) if len(feature_shape) == 2 else tuple(feature_shape)  # type: ignore[return-value]
+
+
+def halved_sizes(h: int, w: int, n: int) -> list[tuple[int, int]]:
+    """Spatial sizes through ``n`` stride-2 'SAME' convolutions: [(h, w), (ceil(h/2), ...), ...]."""
+    sizes = [(h, w)]
+    for _ in range(n):
+        sizes.append((-(-sizes[-1][0] // 2), -(-sizes[-1][1] // 2)))
+    return sizes
+
+
+class Conv2D(tf.Module):
+    """Stride-2 'SAME' convolution [N, H, W, c_in] -> [N, ceil(H/2), ceil(W/2), c_out], plus bias."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, init: str, seed: int, name: str):
+        super().__init__(name=name)
+        area = kernel * kernel
+        w0, b0 = initial_weights(
+            [kernel, kernel, c_in, c_out], area * c_in, area * c_out, c_out, init, seed
+        )
+        self.w = tf.Variable(w0, name="w")
+        self.b = tf.Variable(b0, name="b")
+
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.nn.conv2d(x, self.w, strides=2, padding="SAME") + self.b
+
+
+class ConvTranspose2D(tf.Module):
+    """Stride-2 'SAME' transposed convolution: the adjoint of the linear map of a `Conv2D` from
+    ``size`` to (h, w) = ceil(size / 2); [N, h, w, c_in] -> [N, *size, c_out], plus bias."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, init: str, seed: int, name: str):
+        super().__init__(name=name)
+        area = kernel * kernel
+        w0, b0 = initial_weights(
+            [kernel, kernel, c_out, c_in], area * c_in, area * c_out, c_out, init, seed
+        )
+        self.w = tf.Variable(w0, name="w")
+        self.b = tf.Variable(b0, name="b")
+
+    def __call__(self, x: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+        out_shape = tf.stack([tf.shape(x)[0], size[0], size[1], self.w.shape[2]])
+        return tf.nn.conv2d_transpose(x, self.w, out_shape, strides=2, padding="SAME") + self.b
+
+
+def _flat_batch(t: tf.Tensor, inner: list[int]) -> tuple[tf.Tensor, tf.Tensor]:
+    """(t reshaped to [-1, *inner], its leading shape) so any batch shape [...] goes through."""
+    return tf.reshape(t, [-1, *inner]), tf.shape(t)[:-1]
+
+
+class ConvEncoder(tf.Module):
+    """x [..., H*W*C] -> stride-2 convolutions (each followed by the activation) -> flatten ->
+    `MLP` (hidden layers, linear output of width ``n_out``) -> [..., n_out]."""
+
+    def __init__(self, config: ModelConfig, n_out: int, seed: int, name: str = "encoder"):
+        super().__init__(name=name)
+        self.shape = image_shape(config.feature_shape)
+        channels = (self.shape[2], *config.conv_channels)
+        self.convs = [
+            Conv2D(a, b, config.conv_kernel_size, config.init, seed * 1000 + 500 + i, f"conv_{i}")
+            for i, (a, b) in enumerate(zip(channels[:-1], channels[1:], strict=True))
+        ]
+        h, w = halved_sizes(self.shape[0], self.shape[1], len(self.convs))[-1]
+        self.head = MLP(
+            h * w * channels[-1],
+            config.hidden_sizes,
+            n_out,
+            config.activation,
+            config.init,
+            seed,
+            name="head",
+        )
+        self._activation = ACTIVATIONS[config.activation]
+
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        h, lead = _flat_batch(x, list(self.shape))
+        for conv in self.convs:
+            h = self._activation(conv(h))
+        out = self.head(tf.reshape(h, [tf.shape(h)[0], -1]))
+        return tf.reshape(out, tf.concat([lead, tf.shape(out)[-1:]], 0))
+
+
+class ConvDecoder(tf.Module):
+    """z [..., k] -> `MLP` (hidden layers reversed) -> activation -> reshape to the encoder's
+    last feature map -> stride-2 transposed convolutions back to [H, W, out_channels] ->
+    [..., H*W*out_channels] flat; with 2C output channels the first C are flattened first, so the
+    output splits in halves like the MLP decoder's (mean logits, then log-variances)."""
+
+    def __init__(self, config: ModelConfig, out_channels: int, seed: int, name: str = "decoder"):
+        super().__init__(name=name)
+        self.shape = image_shape(config.feature_shape)
+        self.out_channels = out_channels
+        self.sizes = halved_sizes(self.shape[0], self.shape[1], len(config.conv_channels))
+        channels = (*reversed(config.conv_channels), out_channels)
+        h, w = self.sizes[-1]
+        self.body = MLP(
+            config.latent_dim,
+            tuple(reversed(config.hidden_sizes)),
+            h * w * channels[0],
+            config.activation,
+            config.init,
+            seed,
+            name="body",
+        )
+        k = config.conv_kernel_size
+        self.deconvs = [
+            ConvTranspose2D(a, b, k, config.init, seed * 1000 + 500 + i, f"deconv_{i}")
+            for i, (a, b) in enumerate(zip(channels[:-1], channels[1:], strict=True))
+        ]
+        self._activation = ACTIVATIONS[config.activation]
+
+    def __call__(self, z: tf.Tensor) -> tf.Tensor:
+        flat, lead = _flat_batch(z, [z.shape[-1]])
+        h0, w0 = self.sizes[-1]
+        h = tf.reshape(self._activation(self.body(flat)), [tf.shape(flat)[0], h0, w0, -1])
+        for i, deconv in enumerate(self.deconvs):
+            h = deconv(h, self.sizes[-2 - i])
+            if i < len(self.deconvs) - 1:
+                h = self._activation(h)
+        rows = tf.shape(h)[0]
+        parts = tf.split(h, self.out_channels // self.shape[2], axis=-1)
+        out = tf.concat([tf.reshape(p, [rows, -1]) for p in parts], axis=-1)
+        return tf.reshape(out, tf.concat([lead, tf.shape(out)[-1:]], 0))
+
+
 class VAE(tf.Module):
     """Recognition model q(z|x), generative model p(x|z) p(z)."""
 
     def __init__(self, config: ModelConfig, seed: int = 0, name: str = "vae"):
         super().__init__(name=name)
+        check_architecture(config)
         self.config = config
         d, k, h = config.input_dim, config.latent_dim, config.hidden_sizes
+        outputs = 2 if config.likelihood == "gaussian" else 1  # mean logits (+ log-variances)
+        if config.architecture == "conv":
+            channels = image_shape(config.feature_shape)[2]
+            self.encoder = ConvEncoder(config, 2 * k, seed=2 * seed + 1)
+            self.decoder = ConvDecoder(config, outputs * channels, seed=2 * seed + 2)
+            return
         self.encoder = MLP(
             d, h, 2 * k, config.activation, config.init, seed=2 * seed + 1, name="encoder"
         )
-        n_dec_out = 2 * d if config.likelihood == "gaussian" else d
         self.decoder = MLP(
             k,
             tuple(reversed(h)),
-            n_dec_out,
+            outputs * d,
             config.activation,
             config.init,
             seed=2 * seed + 2,

@@ -9,7 +9,15 @@ One output part per dataset part file (`NNNNN` is the input part's index), writt
 byte-identical. Columns and codecs: tasks/store/tables.py; with ``samples=K > 0`` a `z_samples`
 column holds K draws z ~ q(z|x) per row, seeded by (seed, split, part) so they do not depend on
 the batch size or the runner. Publication is atomic (tasks/store/publish.py) and idempotent: the
-same model version, dataset version, splits and samples again is a no-op. Memory: one batch.
+same model version, dataset version, splits, samples, seed and log_px_samples again is a no-op.
+Memory: one batch.
+
+Anomaly scores, per row (`score_rows`): `elbo`, estimator B with L = 1 (analytic KL, one draw of
+z whose noise is seeded by (seed, split, part), so it does not depend on the batch size either),
+and with ``log_px_samples=K > 0`` `log_px`, the importance-sampled log p(x) of models/marginal.py
+with K samples (seeded by (seed, split, part, batch index)). Low values = rows the model finds
+unlikely. `score_dataset` (`aevb score`) writes the same table for any dataset version under
+`<root>/scores/<dataset>/<registered-name>/v<model-version>/<dataset-version>/`.
 """
 
 from __future__ import annotations
@@ -27,15 +35,23 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 
 from models import constants as C
-from models.errors import ConfigError
+from models.errors import ConfigError, DatasetError
 from tasks import tracking
 from tasks.logs import ProgressLogger, logger
 from tasks.store import datasets, fs, publish, readers, tables
 
 # What decides a table's content besides the model version.
-KEY_FIELDS = ("dataset_version", "splits", "samples", "sample_seed")
+KEY_FIELDS = (
+    "dataset_version",
+    "splits",
+    "samples",
+    "sample_seed",
+    "log_px_samples",
+    "schema_version",
+)
 
 _ENCODERS: dict[str, Callable] = {}
+_SCORERS: dict[str, Scorer] = {}
 _ENCODERS_LOCK = threading.Lock()
 
 
@@ -69,6 +85,70 @@ def make_encoder(saved_model_dir: str) -> Callable[[np.ndarray], tuple[np.ndarra
         return _ENCODERS[saved_model_dir]
 
 
+class Scorer:
+    """The saved VAE's per-row scores, compiled once per model folder and process."""
+
+    def __init__(self, saved_model_dir: str):
+        import tensorflow as tf
+
+        from models.marginal import DatasetEvaluator, elbo_from_noise
+        from models.saved import load_vae
+
+        vae = load_vae(saved_model_dir)
+        self._tf = tf
+
+        def elbo(x, mean, std, eps):
+            return elbo_from_noise(vae, x, mean, std, eps)
+
+        self._elbo = tf.function(elbo, jit_compile=True, reduce_retracing=True)
+        self._evaluator = DatasetEvaluator(vae)
+
+    def elbo(self, x: np.ndarray, mean: np.ndarray, std: np.ndarray, eps: np.ndarray) -> np.ndarray:
+        tf = self._tf
+        args = (tf.constant(a, tf.float32) for a in (x, mean, std, eps))
+        return self._elbo(*args).numpy().astype(np.float64)
+
+    def log_px(self, x: np.ndarray, num_samples: int, seed: list[int]) -> np.ndarray:
+        from models.marginal import TARGET_CHUNK_ROWS
+
+        tf = self._tf
+        key = tf.constant([seed[0], 0], tf.int32)
+        for part in seed[1:]:
+            key = tf.random.experimental.stateless_fold_in(key, part)
+        # Pad to a power of two rows: a part's last, shorter batch then reuses a compiled step
+        # instead of tracing and compiling one per row count.
+        rows = len(x)
+        padded = np.zeros((1 << max(rows - 1, 0).bit_length(), x.shape[1]), np.float32)
+        padded[:rows] = x
+        chunk = max(1, min(num_samples, TARGET_CHUNK_ROWS // len(padded)))
+        out = self._evaluator.evaluate_batch(tf.constant(padded), num_samples, key, chunk)
+        return out["log_marginal"][:rows].astype(np.float64)
+
+
+def make_scorer(saved_model_dir: str) -> Scorer:
+    with _ENCODERS_LOCK:
+        if saved_model_dir not in _SCORERS:
+            _SCORERS[saved_model_dir] = Scorer(saved_model_dir)
+        return _SCORERS[saved_model_dir]
+
+
+def score_rows(
+    scorer: Scorer,
+    x: np.ndarray,
+    z_mean: np.ndarray,
+    z_std: np.ndarray,
+    noise: np.random.Generator,
+    log_px_samples: int,
+    seed: list[int],
+) -> dict[str, np.ndarray]:
+    """The score columns of one batch (`tables.score_columns`): elbo, and log_px when K > 0."""
+    eps = noise.standard_normal((1, *z_mean.shape), np.float32)
+    scores = {tables.ELBO_COLUMN: scorer.elbo(x, z_mean, z_std, eps)}
+    if log_px_samples:
+        scores[tables.LOG_PX_COLUMN] = scorer.log_px(x, log_px_samples, seed)
+    return scores
+
+
 def encode_part(
     saved_model_dir: str,
     part: str,
@@ -81,27 +161,32 @@ def encode_part(
 ) -> int:
     """Task body: encode one dataset part file into one latent part file; returns its rows.
 
-    ``seed`` = [seed, split index, part index] keys the z samples of this part.
+    ``seed`` = [seed, split index, part index] keys the z samples and the scores of this part.
     """
     manifest = datasets.DatasetManifest.from_json(manifest_json, part)
     provenance = json.loads(provenance_json)
     latent_dim, samples = provenance["latent_dim"], provenance["samples"]
-    schema = tables.latent_schema(latent_dim, samples, provenance)
-    encode = make_encoder(saved_model_dir)
-    rng = np.random.default_rng(seed)
+    log_px_samples = provenance.get("log_px_samples", 0)
+    scores = tables.score_columns(log_px_samples)
+    schema = tables.latent_schema(latent_dim, samples, provenance, scores)
+    encode, scorer = make_encoder(saved_model_dir), make_scorer(saved_model_dir)
+    rng, noise = np.random.default_rng(seed), np.random.default_rng([*seed, 1])
     rows = 0
     with fs.open_parquet(part) as pf, fs.parquet_writer(out, schema) as writer:
         label = f"export {manifest.name} {fs.basename(out).removesuffix('.parquet')}"
         progress = ProgressLogger(pf.metadata.num_rows, label, artifact=False)
-        for rb in pf.iter_batches(batch_size=batch_size):
+        for b, rb in enumerate(pf.iter_batches(batch_size=batch_size)):
             x = tables.decode_x(rb.column(C.COL_X), manifest.storage_dtype, manifest.input_dim)
-            z_mean, z_std = encode(readers.to_model_space(x, manifest.scale))
+            x = readers.to_model_space(x, manifest.scale)
+            z_mean, z_std = encode(x)
             z = None
             if samples:
                 eps = rng.standard_normal((len(x), samples, latent_dim), np.float32)
                 z = z_mean[:, None, :] + z_std[:, None, :] * eps
+            row_scores = score_rows(scorer, x, z_mean, z_std, noise, log_px_samples, [*seed, b])
             ids, labels = rb.column(C.COL_ID), rb.column(C.COL_LABEL)
-            writer.write_table(tables.latent_batch(schema, ids, split, labels, z_mean, z_std, z))
+            batch = tables.latent_batch(schema, ids, split, labels, z_mean, z_std, z, row_scores)
+            writer.write_table(batch)
             rows += len(x)
             progress(rows)
             publish.fault_point("export_mid_write")
@@ -111,15 +196,18 @@ def encode_part(
 encode_part_task = task(encode_part, name="export-part", cache_policy=NO_CACHE)
 
 
-def check_export_args(splits: tuple[str, ...], batch_size: int, samples: int) -> None:
+def check_export_args(
+    splits: tuple[str, ...], batch_size: int, samples: int, log_px_samples: int = 0
+) -> None:
     for split in splits:
         readers.check_split(split)
     if not splits:
         raise ConfigError("splits is empty; export at least one of train, valid, test")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ConfigError(f"batch_size={batch_size!r} must be an integer > 0")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
-        raise ConfigError(f"samples={samples!r} must be an integer >= 0")
+    for name, value in (("samples", samples), ("log_px_samples", log_px_samples)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{name}={value!r} must be an integer >= 0 (0: off)")
 
 
 def _part_calls(
@@ -155,34 +243,39 @@ def export_latents(
     samples: int = 0,
     seed: int = 0,
     part_task: Task | None = None,
+    log_px_samples: int = 0,
+    scores_table: bool = False,
 ) -> ExportOutput:
     """Encode every row of ``splits`` with the registry model and publish the latent table.
 
     ``part_task``: a Prefect task of `encode_part` to submit once per part (call inside a flow);
-    None runs the parts inline.
+    None runs the parts inline. ``log_px_samples=K > 0`` adds the `log_px` column (IS with K
+    samples). ``scores_table``: publish under scores/ per dataset version (`score_dataset`).
     """
     splits = tuple(splits)
-    check_export_args(splits, batch_size, samples)
+    check_export_args(splits, batch_size, samples, log_px_samples)
     root = datasets.resolve_data_root(data_root)
     manifest = datasets.load_manifest(root, dataset, version)
     resolved = tracking.resolve_model(model_uri)
+    latent_dim = check_model_fits(resolved.saved_model_dir, manifest, model_uri)
     model_name = resolved.name or "unregistered"
     model_version = resolved.version if resolved.version is not None else (resolved.run_id or "0")
-    final = tables.latent_table_path(root, manifest.name, model_name, model_version)
+    final = table_path(root, manifest, model_name, model_version, scores_table)
+    stage_name = "score" if scores_table else "export"
     key = {
         "dataset_version": manifest.version,
         "splits": list(splits),
         "samples": samples,
-        "sample_seed": seed if samples else None,
+        "sample_seed": seed,  # the z samples and the scores' noise
+        "log_px_samples": log_px_samples,
+        "schema_version": tables.LATENT_SCHEMA_VERSION,
     }
     publish.sweep(final)  # a stranded previous table back; stages of killed exports gone
     existing = tables.read_manifest(final)
     if existing and {k: existing.get(k) for k in KEY_FIELDS} == key:
-        logger().info("export: %s already holds this model and dataset version", final)
+        logger().info("%s: %s already holds this model and dataset version", stage_name, final)
         rows = int(existing["rows"])
         return ExportOutput(final, rows, model_uri, resolved.version, manifest.version, False)
-
-    from models.saved import read_config
 
     provenance = {
         "model_uri": model_uri,
@@ -190,8 +283,7 @@ def export_latents(
         "model_version": resolved.version,
         "run_id": resolved.run_id,
         "dataset": manifest.name,
-        "latent_dim": read_config(resolved.saved_model_dir)[0].latent_dim,
-        "schema_version": tables.SCHEMA_VERSION,
+        "latent_dim": latent_dim,
         **key,
     }
     calls = _part_calls(
@@ -205,14 +297,16 @@ def export_latents(
             futures = [part_task.submit(out=fs.join(stage, name), **c) for name, c in calls]
             wait(futures)
             counts = [f.result() for f in futures]
-        columns = tables.latent_schema(provenance["latent_dim"], samples).names
+        scores = tables.score_columns(log_px_samples)
+        columns = tables.latent_schema(provenance["latent_dim"], samples, scores=scores).names
         return {**provenance, "rows": sum(counts), "columns": columns}
 
     start = time.perf_counter()
     doc = tables.publish_table(final, fill)
     seconds = time.perf_counter() - start
     logger().info(
-        "export: wrote %d rows to %s in %.1f s (%.0f rows/s)",
+        "%s: wrote %d rows to %s in %.1f s (%.0f rows/s)",
+        stage_name,
         doc["rows"],
         final,
         seconds,
@@ -221,4 +315,69 @@ def export_latents(
     return ExportOutput(final, doc["rows"], model_uri, resolved.version, manifest.version, True)
 
 
+def check_model_fits(saved_model_dir: str, manifest: datasets.DatasetManifest, uri: str) -> int:
+    """Refuse a dataset whose rows the model cannot read (other D, values outside the
+    likelihood's support); returns the model's latent_dim."""
+    from models.saved import read_config
+
+    config = read_config(saved_model_dir)[0]
+    if config.input_dim != manifest.input_dim:
+        raise DatasetError(
+            f"dataset {manifest.name!r} version {manifest.version}: rows have feature_shape "
+            f"{list(manifest.feature_shape)} ({manifest.input_dim} values) but model_uri={uri!r} "
+            f"reads {list(config.feature_shape)} ({config.input_dim}); use a model trained on "
+            "data of this shape"
+        )
+    datasets.check_model_inputs(manifest, config.likelihood)
+    return config.latent_dim
+
+
+def table_path(
+    root: str,
+    manifest: datasets.DatasetManifest,
+    model_name: str,
+    model_version: int | str,
+    scores_table: bool,
+) -> str:
+    """Where export (latents/, one table per model version) or score (scores/, one per dataset
+    version) publishes."""
+    if scores_table:
+        return tables.score_table_path(
+            root, manifest.name, model_name, model_version, manifest.version
+        )
+    return tables.latent_table_path(root, manifest.name, model_name, model_version)
+
+
+DEFAULT_SCORE_LOG_PX_SAMPLES = 1000
+
+
+def score_dataset(
+    model_uri: str,
+    dataset: str,
+    data_root: str | None = None,
+    version: str | None = None,
+    splits: tuple[str, ...] = C.SPLITS,
+    batch_size: int = 2000,
+    log_px_samples: int = DEFAULT_SCORE_LOG_PX_SAMPLES,
+    seed: int = 0,
+    part_task: Task | None = None,
+) -> ExportOutput:
+    """Score any dataset version (e.g. a new batch) with a registry model: the latent table with
+    `elbo` and `log_px` at `<root>/scores/<dataset>/<model>/v<N>/<dataset-version>/`."""
+    return export_latents(
+        model_uri,
+        dataset,
+        data_root,
+        version,
+        splits,
+        batch_size,
+        0,
+        seed,
+        part_task,
+        log_px_samples=log_px_samples,
+        scores_table=True,
+    )
+
+
 export_task = task(export_latents, name="export", cache_policy=NO_CACHE)
+score_task = task(score_dataset, name="score", cache_policy=NO_CACHE)

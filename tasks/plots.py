@@ -172,18 +172,23 @@ def plot_reconstructions(
 
 
 def plot_samples(
-    samples: np.ndarray, feature_shape: Sequence[int], path: str, data: np.ndarray | None = None
+    samples: np.ndarray,
+    feature_shape: Sequence[int],
+    path: str,
+    data: np.ndarray | None = None,
+    title: str = "E[x|z], z ~ p(z)",
 ) -> str:
-    """Images: a mosaic of samples. Else: per-feature mean +- std of samples vs data, and profiles."""
+    """Images: a mosaic of the first 64 samples. Else: per-feature mean +- std of samples vs data,
+    and profiles."""
     shape = image_shape(feature_shape)
     if shape is not None:
         fig = Figure(figsize=(6, 6))
-        _show_mosaic(fig.subplots(), tile(_as_images(samples[:64], shape), 8), "E[x|z], z ~ p(z)")
+        _show_mosaic(fig.subplots(), tile(_as_images(samples[:64], shape), 8), title)
         return _save(fig, path)
     fig = Figure(figsize=(10, 4))
     ax_mom, ax_pr = fig.subplots(1, 2)
     idx = np.arange(samples.shape[1])
-    for arr, label, colour in ((data, "test data", "C0"), (samples, "E[x|z], z ~ p(z)", "C1")):
+    for arr, label, colour in ((data, "test data", "C0"), (samples, title, "C1")):
         if arr is None or not len(arr):
             continue
         m, s = arr.mean(axis=0), arr.std(axis=0)

@@ -23,7 +23,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from models import constants as C
-from models.config import ModelConfig, TrainConfig, to_dict
+from models.config import ModelConfig, TrainConfig, check_architecture, to_dict
 from models.errors import StorageError, TrainingDivergedError
 from tasks import plots, tracking
 from tasks.logs import logger, prefect_run
@@ -118,6 +118,7 @@ def plan_training(
     model = dataclasses.replace(model, feature_shape=tuple(manifest.feature_shape))
     datasets.check_model_inputs(manifest, model.likelihood)
     datasets.check_trainable(manifest, train_config.batch_size)
+    check_architecture(model, train_config.theta, manifest.name)
     key = run_key(model, train_config, manifest.name, manifest.version)
     base = checkpoint_root or default_checkpoint_root(root)
     return _Plan(root, manifest, model, key, os.path.join(base, f"{manifest.name}-{key}"))

@@ -21,7 +21,7 @@ import tomllib
 REPO = Path(__file__).resolve().parent.parent
 LAYERS = {"models": 0, "tasks": 1, "flows": 2}
 FORBIDDEN_IN_MODELS = {"prefect", "mlflow", "pandas", "pyarrow"}
-STAGES = {"ingest", "train", "evaluate", "register", "export", "corrupt", "restore"}
+STAGES = {"ingest", "train", "evaluate", "register", "export", "corrupt", "restore", "sample"}
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 80
 # The MLflow adapter may be longer as long as it only talks to MLflow (docs/design.md).

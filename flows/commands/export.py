@@ -33,7 +33,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=0,
         help="also write K draws z ~ q(z|x) per row as z_samples (default: 0, none)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the z samples")
+    p.add_argument(
+        "--log-px-samples",
+        type=int,
+        default=0,
+        help="also write log_px, log p(x) by importance sampling with K samples per row, an "
+        "anomaly score beside the always-written elbo (0: off; costs K decoder passes "
+        "per row)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the z samples and of the scores' noise",
+    )
     data_root_arg(p)
     p.set_defaults(func=run, check=check, runs_flows=True)
 
@@ -46,7 +59,7 @@ def check(args: argparse.Namespace) -> tuple[str, ...]:
     from tasks.store import datasets
 
     splits = comma_list(args.splits)
-    check_export_args(splits, args.batch_size, args.samples)
+    check_export_args(splits, args.batch_size, args.samples, args.log_px_samples)
     if args.seed < 0:
         raise ConfigError(f"--seed={args.seed} must be an integer >= 0")
     tracking.parse_model_uri(args.model)
@@ -67,6 +80,7 @@ def run(args: argparse.Namespace, splits: tuple[str, ...]) -> int:
         args.batch_size,
         args.samples,
         args.seed,
+        args.log_px_samples,
     )
     print(
         f"latent table: {out.path} ({out.rows} rows){'' if out.created else ' [already up to date]'}"

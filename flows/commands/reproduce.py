@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from flows.commands.common import HelpFormatter
-from flows.config import parse_reproduce_overrides
+from flows.config_reproduce import parse_reproduce_overrides
 from models.config import EVAL_SEED_ROOM
 from models.errors import ConfigError
 

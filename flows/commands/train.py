@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from flows.commands.common import (
     HelpFormatter,
@@ -33,8 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def check(args: argparse.Namespace):
-    """The config (every setting), then the dataset: it exists, fits the likelihood and is big
-    enough (one batch, a validation row). Before Prefect or TF start; returns (config, root)."""
+    """The config (every setting), then the dataset: it exists, fits the likelihood and the
+    architecture, and is big enough (one batch, a validation row). Before Prefect or TF start;
+    returns (config, root)."""
+    from models.config import check_architecture
     from tasks.store.datasets import (
         check_model_inputs,
         check_trainable,
@@ -46,6 +49,8 @@ def check(args: argparse.Namespace):
     root = resolve_data_root(args.data_root)
     manifest = load_manifest(root, args.dataset, args.version)
     check_model_inputs(manifest, config.model.likelihood)
+    model = dataclasses.replace(config.model, feature_shape=tuple(manifest.feature_shape))
+    check_architecture(model, config.train.theta, manifest.name)
     check_trainable(manifest, config.train.batch_size)
     return config, root
 

@@ -2,8 +2,9 @@
 
 - the `x` column of datasets and restored tables: a fixed-size list of D values (uint8 or
   float32), decoded to a [rows, D] numpy array without copying where Arrow allows it;
-- latent tables (export): `id`, `split`, `label`, `z_mean_0..k-1`, `z_std_0..k-1` (float32, wide)
-  and optionally `z_samples` (K draws per row, a fixed-size list of K fixed-size lists of k);
+- latent tables (export) and score tables (`aevb score`): `id`, `split`, `label`, `z_mean_0..k-1`,
+  `z_std_0..k-1` (float32, wide), the per-row scores `elbo` and optionally `log_px` (float64), and
+  optionally `z_samples` (K draws per row, a fixed-size list of K fixed-size lists of k);
 - restored tables (restore): `id`, `split`, `label`, `x` (D float32, model space).
 
 Every table is a folder of Parquet files only, with its manifest beside it
@@ -33,6 +34,10 @@ RESTORED_METADATA_KEY = b"aevb.restore"
 SAMPLES_COLUMN = "z_samples"
 NULL_LABEL = -1
 SCHEMA_VERSION = 1
+# Latent and score tables: 2 added the per-row anomaly scores `elbo` and (optionally) `log_px`.
+LATENT_SCHEMA_VERSION = 2
+ELBO_COLUMN = "elbo"
+LOG_PX_COLUMN = "log_px"
 
 
 def now_iso() -> str:
@@ -83,7 +88,24 @@ def latent_table_path(root: str, dataset: str, model_name: str, model_version: i
     return fs.join(root, "latents", dataset, model_name, f"v{model_version}")
 
 
-def latent_schema(latent_dim: int, samples: int = 0, provenance: dict | None = None) -> pa.Schema:
+def score_table_path(
+    root: str, dataset: str, model_name: str, model_version: int | str, dataset_version: str
+) -> str:
+    """`<root>/scores/<dataset>/<model>/v<N>/<dataset-version>`: one table per scored version."""
+    return fs.join(root, "scores", dataset, model_name, f"v{model_version}", dataset_version)
+
+
+def score_columns(log_px_samples: int) -> tuple[str, ...]:
+    """The anomaly-score columns of a latent table: `elbo`, plus `log_px` when K > 0."""
+    return (ELBO_COLUMN, LOG_PX_COLUMN) if log_px_samples else (ELBO_COLUMN,)
+
+
+def latent_schema(
+    latent_dim: int,
+    samples: int = 0,
+    provenance: dict | None = None,
+    scores: tuple[str, ...] = (),
+) -> pa.Schema:
     fields = [
         pa.field(C.COL_ID, pa.string(), nullable=False),
         pa.field(C.COL_SPLIT, pa.string(), nullable=False),
@@ -93,6 +115,7 @@ def latent_schema(latent_dim: int, samples: int = 0, provenance: dict | None = N
         fields += [
             pa.field(f"{prefix}{i}", pa.float32(), nullable=False) for i in range(latent_dim)
         ]
+    fields += [pa.field(name, pa.float64(), nullable=False) for name in scores]
     if samples:
         inner = pa.list_(pa.field("item", pa.float32(), nullable=False), latent_dim)
         fields.append(pa.field(SAMPLES_COLUMN, pa.list_(inner, samples), nullable=False))
@@ -108,12 +131,16 @@ def latent_batch(
     z_mean: np.ndarray,
     z_std: np.ndarray,
     z_samples: np.ndarray | None = None,
+    scores: dict[str, np.ndarray] | None = None,
 ) -> pa.Table:
-    """One written batch of a latent table; ``z_samples`` [B, K, k] when the schema has them."""
+    """One written batch of a latent table; ``z_samples`` [B, K, k] and ``scores`` (column ->
+    [B]) when the schema has them."""
     n, k = z_mean.shape
     cols = [ids_array(ids), pa.array([split] * n, pa.string()), labels_array(labels)]
     cols += [pa.array(np.ascontiguousarray(z_mean[:, i], np.float32)) for i in range(k)]
     cols += [pa.array(np.ascontiguousarray(z_std[:, i], np.float32)) for i in range(k)]
+    names = [c for c in (ELBO_COLUMN, LOG_PX_COLUMN) if c in schema.names]
+    cols += [pa.array(np.asarray((scores or {})[c], np.float64)) for c in names]
     if z_samples is not None:
         kind = schema.field(SAMPLES_COLUMN).type
         flat = pa.array(np.ascontiguousarray(z_samples, np.float32).reshape(-1))
@@ -151,6 +178,33 @@ def restored_batch(schema: pa.Schema, ids: Any, split: str, labels: Any, x: np.n
         labels_array(labels),
         encode_x(np.asarray(x, np.float32), schema.field(C.COL_X).type),
     ]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+# ----------------------------------------------------------------------------- sample tables
+
+
+def samples_path(root: str, model_name: str, model_version: int | str, tag: str) -> str:
+    """`<root>/samples/<model>/v<N>/<tag>`: one folder per (model version, settings)."""
+    return fs.join(root, "samples", model_name, f"v{model_version}", tag)
+
+
+def samples_schema(latent_dim: int, input_dim: int, draws: bool, provenance: dict) -> pa.Schema:
+    """`id`, `z_0..z_{k-1}` (float32, wide), `x_mean` and optionally `x_draw` (D float32)."""
+    fields = [pa.field(C.COL_ID, pa.string(), nullable=False)]
+    fields += [pa.field(f"z_{i}", pa.float32(), nullable=False) for i in range(latent_dim)]
+    for name in ("x_mean", "x_draw") if draws else ("x_mean",):
+        fields.append(pa.field(name, pa.list_(pa.float32(), input_dim), nullable=False))
+    return pa.schema(fields, metadata={b"aevb.samples": json.dumps(provenance).encode()})
+
+
+def samples_table(
+    schema: pa.Schema, z: np.ndarray, x_mean: np.ndarray, x_draw: np.ndarray | None
+) -> pa.Table:
+    ids = ids_array([f"sample-{i:06d}" for i in range(len(z))])
+    cols = [ids] + [pa.array(np.ascontiguousarray(z[:, i], np.float32)) for i in range(z.shape[1])]
+    for x in (x_mean,) if x_draw is None else (x_mean, x_draw):
+        cols.append(encode_x(np.asarray(x, np.float32), schema.field("x_mean").type))
     return pa.Table.from_arrays(cols, schema=schema)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import flows.cli
-from flows.config import parse_reproduce_overrides as parse_overrides
+from flows.config_reproduce import parse_reproduce_overrides as parse_overrides
 from models.errors import ConfigError
 
 TINY = [
