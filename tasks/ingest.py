@@ -230,9 +230,9 @@ def load_staged(summary: dict[str, Any]) -> SourceData:
     """A shard staged by `stage_shard`, back in memory."""
     table = fs.read_parquet(summary["staged"])
     shape = tuple(summary["feature_shape"])
-    x_col = table.column(COL_X)
-    dtype = "uint8" if x_col.type.value_type == pa.uint8() else "float32"
-    x = tables.decode_x(x_col, dtype, int(np.prod(shape))).reshape(-1, *shape)
+    dim = int(np.prod(shape))
+    dtype = tables.x_dtype(table.schema.field(COL_X), dim)
+    x = tables.decode_x(table.column(COL_X), dtype, dim).reshape(-1, *shape)
     lab = table.column(COL_LABEL)
     labels = None
     if summary["has_labels"]:

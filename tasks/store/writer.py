@@ -145,7 +145,7 @@ class DatasetWriter:
         self.schema = pa.schema(
             [
                 pa.field(COL_ID, pa.string(), nullable=False),
-                pa.field(COL_X, tables.x_type(storage_dtype, self.dim), nullable=False),
+                tables.x_field(storage_dtype, self.dim),
                 pa.field(COL_LABEL, pa.int64(), nullable=True),
             ]
         )
