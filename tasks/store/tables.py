@@ -115,8 +115,18 @@ def labels_array(labels: np.ndarray | pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 def ids_array(ids: Sequence[Any] | pa.Array | pa.ChunkedArray) -> pa.Array:
-    if isinstance(ids, (pa.Array, pa.ChunkedArray)):
-        return ids.cast(pa.string())
+    """``str(id)`` of each id as an Arrow string array (one chunk)."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    if isinstance(ids, pa.Array):
+        return ids if ids.type == pa.string() else ids.cast(pa.string())
+    if isinstance(ids, np.ndarray) and ids.dtype.kind in "OU":
+        try:  # an array of str objects converts in C; anything else takes str() below
+            strings = pa.array(ids)
+            if strings.type == pa.string() and not strings.null_count:
+                return strings
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            pass
     return pa.array([str(i) for i in ids], pa.string())
 
 

@@ -163,3 +163,38 @@ def test_duckdb_decodes_x_with_the_documented_lines(folder):
     ).fetchall()
     ids, pixels = zip(*sql, strict=True)
     np.testing.assert_array_equal(_by_id(ids, np.array(pixels)), want)
+
+
+def test_the_version_hash_is_the_sha256_of_the_values_however_they_are_chunked():
+    """The formula of every earlier release: per split, sha256 of the ids' UTF-8 lengths (int64
+    LE), of their bytes, of x's bytes and of the labels (null = int64 min), then of the meta."""
+    import hashlib
+    import json
+
+    from tasks.store.writer import ContentHasher, as_labels
+
+    rng = np.random.default_rng(3)
+    ids = np.array(["a", "bé", "ünï", 7, "", "x" * 40] * 5, dtype=object)
+    x = rng.integers(0, 256, (len(ids), D)).astype(np.uint8)
+    labels = np.ma.MaskedArray(np.arange(len(ids)), mask=np.arange(len(ids)) % 4 == 0)
+    meta = {"feature_shape": [D], "schema_version": 1}
+    want = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for split in SPLITS:
+        rows = {"train": slice(0, 18), "valid": slice(0, 0), "test": slice(18, None)}[split]
+        encoded = [str(i).encode() for i in ids[rows]]
+        for part in (
+            np.array([len(e) for e in encoded], "<i8").tobytes(),
+            b"".join(encoded),
+            x[rows].tobytes(),
+            np.ma.filled(labels[rows], np.iinfo(np.int64).min).astype("<i8").tobytes(),
+        ):
+            want.update(hashlib.sha256(part).digest())
+    for cuts in ([18], [5, 11, 18, 19]):  # chunked two ways: the same version
+        hasher = ContentHasher()
+        bounds = [0, *cuts, len(ids)]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            for split, (lo, hi) in (("train", (0, 18)), ("test", (18, len(ids)))):
+                s, e = max(a, lo), min(b, hi)
+                if s < e:
+                    hasher.update(split, ids[s:e], x[s:e], as_labels(labels[s:e], e - s))
+        assert hasher.version(meta) == want.hexdigest()[:16]
