@@ -27,6 +27,8 @@ Estimator = Literal["A", "B", "iwae"]
 Optimizer = Literal["adam", "adagrad"]
 Preset = Literal["default", "paper", "fast"]
 Theta = Literal["map", "full_vb"]  # point estimate of the decoder, or App. F's q(theta)
+# models/precision.py: bfloat16 matmuls (float32 everything else) where the hardware has them.
+Precision = Literal["float32", "mixed_bfloat16"]
 # Seeds are int32 stateless-RNG keys; validation seeds are train.seed + EVAL_SEED_OFFSET.
 EVAL_SEED_ROOM = 10_000
 assert EVAL_SEED_OFFSET < EVAL_SEED_ROOM
@@ -106,6 +108,7 @@ class TrainConfig:
     seed: int = 0
     jit_compile: bool = True
     theta: Theta = "map"  # "full_vb": factorized Gaussian q(theta) over the decoder (App. F)
+    precision: Precision = "float32"  # "mixed_bfloat16": bf16 matmuls (models/precision.py)
 
     def __post_init__(self) -> None:
         _check_positive("train.epochs", self.epochs, integer=True)
@@ -127,6 +130,12 @@ class TrainConfig:
         if not isinstance(self.jit_compile, bool):
             raise ConfigError(f"train.jit_compile={self.jit_compile!r} must be true or false")
         _check_choice("train.theta", self.theta, Theta)
+        _check_choice("train.precision", self.precision, Precision)
+        if self.theta == "full_vb" and self.precision != "float32":
+            raise ConfigError(
+                f"train.precision={self.precision!r} is not supported with train.theta='full_vb'; "
+                "set train.precision='float32'"
+            )
         if self.theta == "full_vb" and self.estimator != "B":
             raise ConfigError(
                 f"train.theta='full_vb' uses estimator B; train.estimator={self.estimator!r} is "
