@@ -63,6 +63,7 @@ class Run:
         default_factory=list
     )  # (seconds since start, tree CPU)
     phases: dict[str, float] = field(default_factory=dict)
+    loop: dict[str, float] = field(default_factory=dict)  # aevb: seconds per steady epoch, by part
     load: tuple[str, str] = ("", "")
     tail: list[str] = field(default_factory=list)
 
@@ -179,8 +180,23 @@ def split_training(phases: dict[str, float], r: Run) -> dict[str, float]:
     return phases
 
 
+def steady_epoch(doc: dict) -> dict[str, float]:
+    """Median seconds per epoch after the first of the loop's parts (from the calls' durations)."""
+    calls, out = doc["calls"], {}
+    for key, durations in sorted(calls.items()):
+        phase, _, function = key.partition("|")
+        if phase.startswith("training: ") and phase != "training: loop" and len(durations) > 1:
+            out[phase.removeprefix("training: ")] = statistics.median(durations[1:])
+            if phase == "training: train_epoch":
+                out["train_epoch of epoch 1 (XLA compile)"] = durations[0]
+        elif phase == "MLflow" and function == "log_metrics" and len(durations) > 1:
+            out["MLflow log_metrics"] = statistics.median(durations[1:])
+    return out
+
+
 def aevb_phases(doc: dict, r: Run) -> dict[str, float]:
-    phases = split_training(doc["phases"], r)
+    r.loop = steady_epoch(doc)
+    phases = dict(doc["phases"])
     phases["exit: Prefect server stop, atexit handlers"] = doc["after_last_phase"]
     phases["interpreter start-up (before any import)"] = doc["process_start_to_sitecustomize"]
     rest = r.wall - doc["sitecustomize_to_exit"] - doc["process_start_to_sitecustomize"]
@@ -224,6 +240,12 @@ def report(runs: dict[str, list[Run]]) -> None:
             sec = statistics.median(r.phases.get(phase, 0.0) for r in rs)
             print(f"  {phase:<48}{sec:>8.1f} s {sec / wall_med:>6.0%}")
         print(f"  {'total wall':<48}{wall_med:>8.1f} s")
+        if rs[0].loop:
+            epoch = statistics.median(w for r in rs for w, _ in r.intervals)
+            print(f"  a steady epoch of `{name}` ({epoch:.1f} s between epoch lines, median):")
+            for part in rs[0].loop:
+                sec = statistics.median(r.loop.get(part, 0.0) for r in rs)
+                print(f"    {part:<46}{sec:>8.2f} s")
 
 
 def main() -> None:

@@ -8,13 +8,15 @@ in back-propagation, and the chain through TensorFlow's own kernels. A step can 
 everything besides the GEMMs (activations, log p(x|z), KL, the optimiser update, the NaN guard)
 were free.
 
-Then the step (`models.training.Trainer.update`) in several variants, each a change measured on
-its own: ``before`` re-creates the step as it was (tfd.Bernoulli's generic log_prob, the
-optimiser's per-variable raw update as written before), the others add one change at a time; the
-last row is the product's step as it is now. All rows are timed in interleaved windows
-(A B C ... A B C ...) so a change in the machine's load hits them alike; the table gives the
-median and min-max of the windows in CPU microseconds per example of this process (all threads;
-the machine is shared, so CPU time is the figure to compare) and in wall-clock microseconds.
+Then the step (`models.training.Trainer.update`) and variants, each measured on its own: its
+parts (loss and gradients only; with the NaN/Inf guard), the step as it was before the fused
+Bernoulli log-likelihood (tfd.Bernoulli's generic log_prob), an alternative guarded Adam update
+that was tried and rejected, and last the product's step as it is now. The optimiser update is
+TensorFlow's fused ResourceApplyAdam / ResourceApplyAdagradV2 per variable (XLA lowers each into
+three loop fusions: m, v and the variable). All rows are timed in interleaved windows (A B C ...
+A B C ...) so a change in the machine's load hits them alike; the table gives the median and
+min-max of the windows in CPU microseconds per example of this process (all threads; the
+machine is shared, so CPU time is the figure to compare) and in wall-clock microseconds.
 
     .venv/bin/python bench/step_bound.py                     # batch 100 and 1000, Adam
     .venv/bin/python bench/step_bound.py --batches 100 --optimizer adagrad --windows 15
@@ -40,7 +42,7 @@ import tensorflow as tf  # noqa: E402
 from bench.machine import describe_machine, load  # noqa: E402
 from models import objectives  # noqa: E402
 from models.config import ModelConfig, TrainConfig  # noqa: E402
-from models.optim import Adagrad, Adam  # noqa: E402
+from models.optim import all_finite  # noqa: E402
 from models.training import Trainer  # noqa: E402
 from models.vae import VAE  # noqa: E402
 
@@ -120,44 +122,51 @@ def tfd_log_likelihood(likelihood, x):
     return likelihood.log_prob(x)
 
 
-def adam_apply_before(self: Adam, grads: list[tf.Tensor], variables: list[tf.Variable]) -> None:
-    """`models.optim.Adam.apply` as it was before: one ResourceApplyAdam per variable."""
-    t = tf.cast(self.iterations.assign_add(1), tf.float32)
-    b1_power, b2_power = tf.pow(self.beta_1, t), tf.pow(self.beta_2, t)
-    for g, var, m, v in zip(
-        self._with_decay(grads, variables), variables, self.m, self.v, strict=True
-    ):
-        tf.raw_ops.ResourceApplyAdam(
-            var=var.handle, m=m.handle, v=v.handle, beta1_power=b1_power, beta2_power=b2_power,
-            lr=tf.constant(self.learning_rate), beta1=tf.constant(self.beta_1),
-            beta2=tf.constant(self.beta_2), epsilon=tf.constant(self.epsilon), grad=g,
-        )  # fmt: skip
+def select_update(self, grads, variables, loss, then=None):
+    """A rejected alternative to `Optimizer.apply_if_finite` for Adam: the same arithmetic as
+    XLA's lowering of ResourceApplyAdam, written out, with tf.where keeping the old values on
+    NaN/Inf instead of a tf.cond around the update (so XLA could fuse across it)."""
+    ok = all_finite(loss, grads)
+    one, t = tf.constant(1.0), tf.cast(self.iterations + 1, tf.float32)
+    b1, b2, eps = (tf.constant(v) for v in (self.beta_1, self.beta_2, self.epsilon))
+    alpha = self.learning_rate * tf.sqrt(one - tf.pow(b2, t)) / (one - tf.pow(b1, t))
+    for g, var, m, v in zip(self._with_decay(grads, variables), variables, self.m, self.v, strict=True):  # fmt: skip
+        m_t = m + (g - m) * (one - b1)
+        v_t = v + (tf.square(g) - v) * (one - b2)
+        new = var - m_t * alpha / (tf.sqrt(v_t) + eps)
+        m.assign(tf.where(ok, m_t, m))
+        v.assign(tf.where(ok, v_t, v))
+        var.assign(tf.where(ok, new, var))
+    self.iterations.assign_add(tf.cast(ok, tf.int64))
+    if then is not None:
+        then()
+    return ok
 
 
-def adagrad_apply_before(self: Adagrad, grads, variables) -> None:
-    """`models.optim.Adagrad.apply` as it was before: one ResourceApplyAdagradV2 per variable."""
-    self.iterations.assign_add(1)
-    for g, var, acc in zip(self._with_decay(grads, variables), variables, self.acc, strict=True):
-        tf.raw_ops.ResourceApplyAdagradV2(
-            var=var.handle, accum=acc.handle, lr=tf.constant(self.learning_rate),
-            epsilon=tf.constant(self.epsilon), grad=g,
-        )  # fmt: skip
+def make_step(train: TrainConfig, *, fused_log_lik: bool = True, upto: str = "update") -> Callable:
+    """A compiled step: the product's `Trainer.update` (``upto="update"``), its parts, or a variant.
 
-
-APPLY_BEFORE = {"adam": adam_apply_before, "adagrad": adagrad_apply_before}
-
-
-def make_step(train: TrainConfig, *, fused_log_lik: bool, optimizer_now: bool) -> Callable:
-    """A compiled `Trainer.update`, with the log-likelihood / optimiser of before or of now."""
+    ``upto``: "backward" (loss and gradients only), "guard" (+ the NaN/Inf check), "update" (the
+    product's step), "select" (`select_update` instead of the guarded update).
+    """
     trainer = Trainer(VAE(MODEL, seed=0), train, NUM_TRAIN)
-    if not optimizer_now:
-        trainer.optimizer.apply = types.MethodType(APPLY_BEFORE[train.optimizer], trainer.optimizer)
+    if upto == "select":
+        trainer.optimizer.apply_if_finite = types.MethodType(select_update, trainer.optimizer)
     now = objectives.log_likelihood
+
+    def parts(x: tf.Tensor):
+        with tf.GradientTape() as tape:
+            bound = objectives.elbo(trainer.model, x, tf.constant([0, 1]), "B", 1)
+            loss = -tf.reduce_mean(bound.elbo)
+        grads = tape.gradient(loss, trainer.variables)
+        return grads if upto == "backward" else all_finite(loss, grads)
+
+    step = trainer.update if upto in ("update", "select") else tf.function(parts, jit_compile=True)
 
     def update(x: tf.Tensor) -> tf.Tensor:
         objectives.log_likelihood = now if fused_log_lik else tfd_log_likelihood
         try:  # traced on the first call: the patch decides what is compiled
-            return trainer.update(x)
+            return step(x)
         finally:
             objectives.log_likelihood = now
 
@@ -165,15 +174,15 @@ def make_step(train: TrainConfig, *, fused_log_lik: bool, optimizer_now: bool) -
 
 
 def step_variants(train: TrainConfig) -> dict[str, Callable]:
-    return {
-        "before (tfd log p(x|z), optimiser before)": make_step(
-            train, fused_log_lik=False, optimizer_now=False
-        ),
-        "+ fused log p(x|z)": make_step(train, fused_log_lik=True, optimizer_now=False),
-        "+ optimiser now = the product's step": make_step(
-            train, fused_log_lik=True, optimizer_now=True
-        ),
+    rows = {
+        "loss + gradients only": make_step(train, upto="backward"),
+        "+ NaN/Inf guard (no update)": make_step(train, upto="guard"),
+        "before: tfd log p(x|z) (the step as it was)": make_step(train, fused_log_lik=False),
     }
+    if train.optimizer == "adam":
+        rows["alternative: Adam by tf.where, no tf.cond"] = make_step(train, upto="select")
+    rows["now: fused log p(x|z) = the product's step"] = make_step(train)
+    return rows
 
 
 # ----------------------------------------------------------------------------- timing

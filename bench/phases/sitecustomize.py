@@ -2,12 +2,12 @@
 benchmark starts, which puts this folder on PYTHONPATH and names an output file in
 AEVB_BENCH_PHASES. Nothing in the product imports it.
 
-It attributes the process's wall time to phases without changing what runs: outermost imports
-(by top-level package), Prefect's temporary server start, the MLflow adapter, data reading, the
-training loop and saving, by wrapping the functions listed in HOOKS when their module is
-imported. Time is exclusive (a phase nested in another is taken out of the outer one) and kept
-per thread. At exit it writes {phase: seconds} and the time from the last hook to exit (the
-Prefect server stop and interpreter teardown) as JSON.
+It attributes the process's wall time to phases without changing what runs: imports (by
+package), Prefect's temporary server start, the MLflow adapter, data reading, the training loop
+(epochs, validation, checkpoints) and saving, by wrapping the functions listed in HOOKS when their
+module is imported. Phase totals are exclusive (a phase nested in another is taken out of the
+outer one) and kept per thread; every wrapped call's inclusive duration is kept too. At exit it
+writes both, and the time from the last hook to exit (the Prefect server stop), as JSON.
 """
 
 from __future__ import annotations
@@ -27,7 +27,14 @@ HOOKS = {
     "tasks.tracking": [("*", "MLflow")],
     "tasks.store.streaming": [("make_tf_dataset", "data")],
     "tasks.store.readers": [("read_split", "data"), ("iter_batches", "data")],
-    "models.training": [("run_epochs", "training")],
+    "models.training": [
+        ("run_epochs", "training: loop"),
+        ("train_epoch", "training: train_epoch"),
+        ("Evaluator.__call__", "training: validation"),
+    ],
+    "tensorflow.python.checkpoint.checkpoint_management": [
+        ("CheckpointManager.save", "training: checkpoint")
+    ],
     "models.saved": [("save_model", "saving")],
     "tasks.train": [("log_training_plots", "saving")],
 }
@@ -54,6 +61,7 @@ def _seconds_since_process_start() -> float:
 class Clock:
     def __init__(self) -> None:
         self.totals: dict[str, float] = {}
+        self.calls: dict[str, list[float]] = {}  # "<phase>|<function>" -> inclusive seconds
         self.missing: list[str] = []
         self.local = threading.local()
         self.lock = threading.Lock()
@@ -84,13 +92,18 @@ class Clock:
         self.last = now
 
     def wrap(self, fn, phase: str):
+        key = f"{phase}|{getattr(fn, '__qualname__', fn)}"
+
         @functools.wraps(fn)
         def timed(*args, **kwargs):
+            start = time.monotonic()
             self.enter(phase)
             try:
                 return fn(*args, **kwargs)
             finally:
                 self.leave()
+                with self.lock:
+                    self.calls.setdefault(key, []).append(time.monotonic() - start)
 
         return timed
 
@@ -122,12 +135,14 @@ def _install() -> None:
     find_and_load = bootstrap._find_and_load
 
     def timed_find_and_load(name, import_):
-        """An import is charged to its package's group; one nested in it (of the same group) runs
-        inside that phase, one of another group takes its time out (exclusive)."""
+        """An import is charged to its package's group, with everything it imports in turn (a
+        package's dependencies count as its own); only the project's modules hand nested
+        imports on to the package they import."""
         root = name.partition(".")[0]
         group = "import " + IMPORT_GROUPS.get(root, "aevb modules" if root in OWN else "other")
         stack = CLOCK._stack()
-        enter = not stack or stack[-1][0] != group
+        top = stack[-1][0] if stack else ""
+        enter = not top.startswith("import ") or (top == "import aevb modules" and group != top)
         if enter:
             CLOCK.enter(group)
         try:
@@ -147,6 +162,7 @@ def _install() -> None:
         end = time.monotonic()
         doc = {
             "phases": CLOCK.totals,
+            "calls": CLOCK.calls,
             "after_last_phase": end - CLOCK.last,
             "sitecustomize_to_exit": end - start,
             "process_start_to_sitecustomize": before_hooks,
