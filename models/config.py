@@ -33,6 +33,8 @@ Architecture = Literal["mlp", "conv"]  # conv: strided convolutions, for 2-D / 3
 # dict, so an MLP's config.json, run key and checkpoint fingerprint stay as they were before conv
 # models existed; a dict without `architecture` therefore means "mlp", which must stay the default.
 CONV_FIELDS = ("architecture", "conv_channels", "conv_kernel_size")
+# models/precision.py: bfloat16 matmuls (float32 everything else) where the hardware has them.
+Precision = Literal["float32", "mixed_bfloat16"]
 # Seeds are int32 stateless-RNG keys; validation seeds are train.seed + EVAL_SEED_OFFSET.
 EVAL_SEED_ROOM = 10_000
 assert EVAL_SEED_OFFSET < EVAL_SEED_ROOM
@@ -164,6 +166,8 @@ class TrainConfig:
         jit_compile: compile the training step with XLA (faster; false helps debugging)
         theta: map = point estimate of the decoder; full_vb = factorised Gaussian q(theta)
             (the paper's App. F; needs estimator B)
+        precision: float32, or mixed_bfloat16 = dense matmuls in bfloat16 (fast on CPUs with
+            AVX-512 BF16/AMX and on GPUs); weights, optimiser state and checkpoints stay float32
     """
 
     epochs: int = 20
@@ -177,6 +181,7 @@ class TrainConfig:
     seed: int = 0
     jit_compile: bool = True
     theta: Theta = "map"
+    precision: Precision = "float32"  # "mixed_bfloat16": bf16 matmuls (models/precision.py)
 
     def __post_init__(self) -> None:
         _check_positive("train.epochs", self.epochs, integer=True)
@@ -198,6 +203,12 @@ class TrainConfig:
         if not isinstance(self.jit_compile, bool):
             raise ConfigError(f"train.jit_compile={self.jit_compile!r} must be true or false")
         _check_choice("train.theta", self.theta, Theta)
+        _check_choice("train.precision", self.precision, Precision)
+        if self.theta == "full_vb" and self.precision != "float32":
+            raise ConfigError(
+                f"train.precision={self.precision!r} is not supported with train.theta='full_vb'; "
+                "set train.precision='float32'"
+            )
         if self.theta == "full_vb" and self.estimator != "B":
             raise ConfigError(
                 f"train.theta='full_vb' uses estimator B; train.estimator={self.estimator!r} is "

@@ -38,6 +38,7 @@ import tensorflow as tf
 from models.config import TrainConfig
 from models.errors import ConfigError
 from models.objectives import elbo
+from models.precision import compute_dtype
 from models.training import EpochCallback, Trainer, TrainResult, run_epochs
 
 StrategyKind = Literal["auto", "default", "mirrored", "multi_worker"]
@@ -133,7 +134,7 @@ class DistributedTrainer(Trainer):
 
     def _replica_grads_impl(self, x: tf.Tensor, seed: tf.Tensor):
         cfg = self.config
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, compute_dtype(cfg.precision):
             bound = elbo(self.model, x, seed, cfg.estimator, cfg.num_samples)
             loss_sum = -tf.reduce_sum(bound.elbo)
         grads = tape.gradient(loss_sum, self.variables)

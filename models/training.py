@@ -42,6 +42,7 @@ from models.config import TrainConfig, to_dict
 from models.errors import ModelError, TrainingDivergedError
 from models.objectives import check_estimator, elbo
 from models.optim import for_training
+from models.precision import compute_dtype
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 # Fields that may change between an interrupted run and its resumption (they do not change a step).
@@ -73,6 +74,8 @@ def fingerprint(config: TrainConfig, model: Any, num_train: int, **trainer: Any)
     none, so its fingerprint, and hence its existing checkpoints, stay as they were.
     """
     train = {k: v for k, v in to_dict(config).items() if k not in _RESUMABLE_CHANGES}
+    if train.get("precision") == "float32":
+        del train["precision"]  # the default: checkpoints written before the key existed resume
     model_cfg = getattr(model, "config", None)
     model_doc = to_dict(model_cfg) if dataclasses.is_dataclass(model_cfg) else None
     doc: dict[str, Any] = {"train": train, "model": model_doc, "num_train": num_train}
@@ -159,10 +162,12 @@ class Evaluator:
     def __init__(self, model: tf.Module, config: TrainConfig):
         self.model, self.seed = model, config.seed + C.EVAL_SEED_OFFSET
         self.sums = MetricSums(("elbo", "kl", "reconstruction"))
+        self.precision = config.precision
         self._step = tf.function(self._step_impl, jit_compile=config.jit_compile)
 
     def _step_impl(self, x: tf.Tensor, seed: tf.Tensor) -> None:
-        bound = elbo(self.model, x, seed, "B", 1)
+        with compute_dtype(self.precision):
+            bound = elbo(self.model, x, seed, "B", 1)
         parts = (bound.elbo, bound.kl, bound.reconstruction)
         self.sums.add(batch_size(x), *(tf.reduce_sum(p) for p in parts))
 
@@ -331,7 +336,7 @@ class Trainer:
         """One SGVB update on batch x [M, D]; False (and no update) on NaN/Inf."""
         cfg = self.config
         seed = tf.stack([self._seed, tf.cast(self.state.step, tf.int32)])
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, compute_dtype(cfg.precision):
             bound = elbo(self.model, x, seed, cfg.estimator, cfg.num_samples)
             loss = -tf.reduce_mean(bound.elbo)
         grads = tape.gradient(loss, self.variables)

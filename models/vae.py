@@ -25,6 +25,7 @@ import math
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from models import precision
 from models.config import ModelConfig, check_architecture
 
 tfd = tfp.distributions
@@ -72,7 +73,7 @@ class Dense(tf.Module):
         self.b = tf.Variable(b0, name="b")
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        return tf.matmul(x, self.w) + self.b
+        return precision.matmul(x, self.w) + self.b  # bf16 under train.precision=mixed_bfloat16
 
 
 class MLP(tf.Module):

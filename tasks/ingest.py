@@ -47,6 +47,9 @@ def default_name(source: str) -> str:
     return datasets.validate_name(stem or "dataset")
 
 
+KEEP_GATHERED_BYTES = 256 << 20
+
+
 def _chunks(data: SourceData, rows: np.ndarray, size: int):
     x = data.x.reshape(len(data.x), -1)
     for start in range(0, len(rows), size):
@@ -81,10 +84,17 @@ def write_source(
     )
     probe = DatasetWriter(root, name, **spec)  # nothing is written until rows arrive
     hasher = ContentHasher()
+    # The hash pass gathers each split's rows in stored order; small sources keep those chunks
+    # for the write pass instead of gathering again (one extra copy of x, at most this many bytes).
+    keep = data.x.nbytes <= KEEP_GATHERED_BYTES
+    gathered: dict[str, list] = {split: [] for split in SPLITS}
     for split in SPLITS:
         for ids, x, labels in _chunks(data, splits[split], probe.rows_per_file):
+            ids = tables.ids_array(ids)  # converted once: hashed here, stored by the writer
             x = check_chunk(split, ids, x, probe.dim, probe.dtype)
             hasher.update(split, ids, x, as_labels(labels, len(ids)))
+            if keep:
+                gathered[split].append((ids, x, labels))
     version = hasher.version(probe.meta())
     path = datasets.version_dir(root, name, version)
     if datasets.is_complete(root, name, version):
@@ -93,7 +103,8 @@ def write_source(
         return IngestResult(name, version, path, created=False)
     with DatasetWriter(root, name, **spec, version=version) as writer:
         for split in SPLITS:
-            for ids, x, labels in _chunks(data, splits[split], writer.rows_per_file):
+            chunks = gathered[split] if keep else _chunks(data, splits[split], writer.rows_per_file)
+            for ids, x, labels in chunks:
                 writer.write(split, ids, x, labels)
         return writer.commit()
 
@@ -204,9 +215,9 @@ def load_staged(summary: dict[str, Any]) -> SourceData:
     """A shard staged by `stage_shard`, back in memory."""
     table = fs.read_parquet(summary["staged"])
     shape = tuple(summary["feature_shape"])
-    x_col = table.column(COL_X)
-    dtype = "uint8" if x_col.type.value_type == pa.uint8() else "float32"
-    x = tables.decode_x(x_col, dtype, int(np.prod(shape))).reshape(-1, *shape)
+    dim = int(np.prod(shape))
+    dtype = tables.x_dtype(table.schema.field(COL_X), dim)
+    x = tables.decode_x(table.column(COL_X), dtype, dim).reshape(-1, *shape)
     lab = table.column(COL_LABEL)
     labels = None
     if summary["has_labels"]:

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from models.errors import DatasetError
 from tasks.sources.base import SourceData, finish, require_file
 from tasks.sources.files import check_path
+from tasks.store import tables
 
 _TEXT_PROBE = 1 << 16  # bytes checked for binary data before pyarrow parses the file
 _CSV_ERRORS = (
@@ -301,13 +302,20 @@ def load_parquet_source(
 
 def _list_column(path: str, table: pa.Table, name: str) -> np.ndarray:
     col = table.column(name).combine_chunks()
+    if pa.types.is_fixed_size_binary(col.type) and not col.null_count:
+        # A stored dataset's uint8 x (one row's bytes per value; tasks/store/tables.py).
+        field = table.schema.field(name)
+        dtype = tables.x_dtype(field, col.type.byte_width)
+        dim = col.type.byte_width // np.dtype(dtype).itemsize
+        return tables.decode_x(col, dtype, dim)
     if not (
         pa.types.is_list(col.type)
         or pa.types.is_large_list(col.type)
         or pa.types.is_fixed_size_list(col.type)
     ):
         raise DatasetError(
-            f"{path}: column {name!r} has type {col.type}; `x_column` needs a list column"
+            f"{path}: column {name!r} has type {col.type}; `x_column` needs a list column "
+            "(or the fixed-size binary x of a stored dataset)"
         )
     if col.null_count:
         raise DatasetError(

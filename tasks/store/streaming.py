@@ -138,6 +138,20 @@ def _pools(
         yield rows[rng.permutation(len(rows))] if rng is not None else rows
 
 
+def _whole_batches(x: np.ndarray, batch_size: int, drop_remainder: bool) -> tf.data.Dataset:
+    """The rows of ``x`` in order, in batches: one dataset element per batch, cut by a reshape.
+
+    `from_tensor_slices(x).batch(b)` would slice x row by row and regroup the rows: measured on
+    Fashion-MNIST's 54,000 x 784 uint8 at batch 100, 4.9 against 4.1 CPU us per example for the
+    whole input pipeline (cast and scale included).
+    """
+    full = len(x) // batch_size * batch_size
+    ds = tf.data.Dataset.from_tensor_slices(x[:full].reshape(-1, batch_size, x.shape[1]))
+    if full < len(x) and not drop_remainder:
+        ds = ds.concatenate(tf.data.Dataset.from_tensors(x[full:]))
+    return ds
+
+
 def make_tf_dataset(
     data_root: str | None,
     name: str,
@@ -163,7 +177,7 @@ def make_tf_dataset(
         x = _in_memory_split(data_root, manifest, split)
         if shuffle:
             x = x[_rng(seed, epoch).permutation(len(x))]
-        ds = tf.data.Dataset.from_tensor_slices(x).batch(batch_size, drop_remainder=drop_remainder)
+        ds = _whole_batches(x, batch_size, drop_remainder)
     else:
         files = split_files(data_root, manifest.name, manifest.version, split)
 

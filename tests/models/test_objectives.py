@@ -16,7 +16,14 @@ import tensorflow_probability as tfp
 from models.config import ModelConfig
 from models.errors import ConfigError
 from models.linear_gaussian import LinearGaussian
-from models.objectives import elbo, log_prior_theta, log_weights, minibatch_bound
+from models.objectives import (
+    bernoulli_log_prob_from_logits,
+    elbo,
+    log_likelihood,
+    log_prior_theta,
+    log_weights,
+    minibatch_bound,
+)
 from models.vae import VAE
 
 tfd = tfp.distributions
@@ -216,6 +223,46 @@ def test_reparameterised_gradient_matches_hand_derived_one_dimensional_gradient(
 
 
 # -- scaling, prior on theta, errors ---------------------------------------------------------------
+# -- the fused Bernoulli log-likelihood ----------------------------------------------------------
+def test_fused_bernoulli_log_likelihood_and_gradient_equal_the_closed_form_and_tfd():
+    """sum_d x log s(l) + (1 - x) log(1 - s(l)), s = sigmoid, in float64 numpy (log s(l) =
+    -log1p(exp(-l)) is exact there), against the fused function and tfd.Bernoulli, with logits
+    up to +-60 and both gradients (d/dl = x - sigmoid(l), d/dx = l)."""
+    rng = np.random.default_rng(0)
+    logits = np.concatenate([rng.normal(0, 4, (2, 3, 6)), [[[-60, -30, 0, 0.5, 30, 60]] * 3]], 0)
+    x = np.concatenate([rng.random((2, 6)), [[0, 1, 1, 0, 1, 1]]], 0)  # [3, 6], broadcast to l
+    log_s = -np.logaddexp(0, -logits)  # log sigmoid(l), float64
+    log_1ms = -np.logaddexp(0, logits)  # log(1 - sigmoid(l))
+    want = (x * log_s + (1 - x) * log_1ms).sum(-1)
+    sigmoid = 1 / (1 + np.exp(-logits))
+    for dtype, tol in ((tf.float64, 1e-12), (tf.float32, 2e-6)):
+        tx, tl = tf.constant(x, dtype), tf.constant(logits, dtype)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([tx, tl])
+            fused = bernoulli_log_prob_from_logits(tx, tl)
+            generic = tfd.Independent(tfd.Bernoulli(logits=tl, dtype=dtype), 1).log_prob(tx)
+        np.testing.assert_allclose(fused, want, rtol=tol, atol=tol)
+        np.testing.assert_allclose(generic, want, rtol=tol, atol=10 * tol)
+        np.testing.assert_allclose(tape.gradient(fused, tl), x - sigmoid, rtol=tol, atol=tol)
+        d_x = tape.gradient(fused, tx)  # x broadcast over the leading axis of l: summed over it
+        np.testing.assert_allclose(d_x, logits.sum(0), rtol=tol, atol=tol)
+
+
+def test_log_likelihood_takes_the_fused_path_for_the_bernoulli_decoder_only():
+    x = tf.constant(np.random.default_rng(1).random((4, 6)), tf.float32)
+    z = tf.constant(np.random.default_rng(2).normal(size=(2, 4, 3)), tf.float32)
+    for likelihood in ("bernoulli", "gaussian", "continuous_bernoulli"):
+        cfg = ModelConfig(
+            feature_shape=(6,), latent_dim=3, hidden_sizes=(5,), likelihood=likelihood
+        )
+        p = VAE(cfg, seed=0).likelihood(z)
+        np.testing.assert_allclose(log_likelihood(p, x), p.log_prob(x), rtol=1e-5, atol=1e-5)
+    bernoulli = VAE(ModelConfig(feature_shape=(6,), latent_dim=3, hidden_sizes=(5,)), seed=0)
+    graph = tf.function(lambda: log_likelihood(bernoulli.likelihood(z), x)).get_concrete_function()
+    ops = {op.type for op in graph.graph.get_operations()}
+    assert "Softplus" not in ops and "MulNoNan" not in ops  # not tfd's generic path
+
+
 def test_minibatch_bound_is_n_over_m_times_the_sum():
     per_point = tf.constant([-1.0, -2.0, -3.0, -6.0])
     assert float(minibatch_bound(per_point, num_train=1000)) == pytest.approx(1000 / 4 * -12.0)
