@@ -8,7 +8,8 @@
     [register]  model_name
     [export]    splits, batch_size
     [pipeline]  retrain_on_unchanged, lock_timeout_seconds, retries, retry_delay_seconds,
-                task_runner ("threads" | "dask"), dask_address, workers
+                task_runner ("threads" | "dask"), dask_address, workers,
+                schedule_collisions ("cancel_new" | "enqueue")
 
 Unknown sections or keys are errors that list the valid ones. The resolved config is logged to
 MLflow as params. `parse_reproduce_overrides` reads the `aevb reproduce` KEY=VALUE settings (typed
@@ -34,6 +35,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+# Collision strategies of the scheduled deployment's 1-run concurrency limit (flows/serve.py).
+SCHEDULE_COLLISIONS = ("cancel_new", "enqueue")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -171,6 +174,10 @@ class PipelineSection:
     task_runner: str = "threads"
     dask_address: str = ""  # empty: a local in-process Dask cluster when task_runner = "dask"
     workers: int = 0  # threads (or local Dask threads); 0 = the runner's default
+    # What the scheduled deployment (`aevb serve`, `aevb deploy`) does with a run that is due
+    # while another run of it is still going: "cancel_new" (the new run is cancelled at once)
+    # or "enqueue" (it waits for the slot). Either way at most one run executes at a time.
+    schedule_collisions: str = "cancel_new"
 
     def __post_init__(self) -> None:
         from tasks.runners import check_runner
@@ -188,6 +195,11 @@ class PipelineSection:
         if not isinstance(self.dask_address, str):
             raise ConfigError(f"pipeline.dask_address={self.dask_address!r} must be a string")
         check_runner(self.task_runner, self.dask_address or None, self.workers or None)
+        if self.schedule_collisions not in SCHEDULE_COLLISIONS:
+            raise ConfigError(
+                f"pipeline.schedule_collisions={self.schedule_collisions!r} is not allowed; "
+                f"choose one of {', '.join(map(repr, SCHEDULE_COLLISIONS))}"
+            )
 
 
 @dataclass(frozen=True)
