@@ -9,21 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
-import os
 import re
 import sys
 from collections.abc import Callable
 
-# Offline machine, and nobody wants telemetry from a batch job: set before prefect/mlflow import.
-for _k, _v in {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "true",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-}.items():
-    os.environ.setdefault(_k, _v)
+from flows.settings import quiet_user_error_tracebacks
+
+# Telemetry off, quiet TF, Prefect's start-up timeout: `import flows` applied them already
+# (flows/settings.py), for the CLI and for flows started from Python alike.
 
 # verb -> module under flows/commands/ exposing `add_parser(subparsers)`; each sets `func`.
 VERBS = (
@@ -37,6 +30,7 @@ VERBS = (
     "restore",
     "pipeline",
     "serve",
+    "deploy",
     "reproduce",
 )
 
@@ -49,30 +43,6 @@ def version() -> str:
         return dist_version("aevb-pipeline")
     except PackageNotFoundError:
         return "0+unknown"
-
-
-class _DropPipelineErrorTracebacks(logging.Filter):
-    """Prefect logs a traceback for every failed task; for user errors the CLI's one line is enough."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from models.errors import PipelineError
-
-        exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, PipelineError)
-
-
-def _quiet_user_error_tracebacks() -> None:
-    """Attach the filter to every handler Prefect configured (filters on loggers miss propagation)."""
-    import prefect  # noqa: F401  (configures Prefect's logging)
-
-    drop = _DropPipelineErrorTracebacks()
-    names = [
-        n for n in logging.Logger.manager.loggerDict if n == "prefect" or n.startswith("prefect.")
-    ]
-    for name in ["", *names]:
-        for handler in logging.getLogger(name).handlers:
-            if drop not in handler.filters:
-                handler.addFilter(drop)
 
 
 # Task parameters whose flag is spelled differently from the parameter.
@@ -130,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
     if overrides:
         args.overrides = list(args.overrides or []) + overrides
-    _quiet_user_error_tracebacks()
+    quiet_user_error_tracebacks()
     from models.errors import PipelineError
 
     func: Callable[[argparse.Namespace], int] = args.func

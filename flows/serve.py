@@ -156,6 +156,39 @@ def build_deployment(
     )
 
 
+def ensure_process_pool(pool: str) -> str:
+    """Create the process work pool ``pool`` unless it exists; returns what happened.
+
+    A pool of another type is refused: its workers would not start `python -m prefect.engine`
+    in the project's environment, which the module-path entrypoint needs.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_work_pool(pool)
+        except ObjectNotFound:
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=pool,
+                    type=ProcessWorker.type,
+                    base_job_template=ProcessWorker.get_default_base_job_template(),
+                    description="aevb-pipeline: scheduled retraining in worker processes",
+                )
+            )
+            return f"created process work pool {pool!r}"
+    if existing.type != ProcessWorker.type:
+        raise PipelineError(
+            f"--pool {pool!r} is a {existing.type!r} work pool; aevb deploy needs a "
+            f"{ProcessWorker.type!r} pool: pass another --pool name (it is created) or "
+            f"`prefect work-pool create NAME --type process`"
+        )
+    return f"process work pool {pool!r} exists"
+
+
 def serve_until_signalled(deployment, say=print) -> str:
     """Serve ``deployment`` in the foreground until SIGTERM or SIGINT; returns the signal's name.
 

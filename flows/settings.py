@@ -1,0 +1,64 @@
+"""Process set-up shared by every way of starting a flow: the `aevb` CLI, a scheduled run, a
+notebook (`from flows.pipeline import pipeline_flow; pipeline_flow(config)`).
+
+- `apply_env_defaults()` (run by `import flows`, so before anything imports Prefect, MLflow or
+  TensorFlow through this package): no telemetry on an offline machine, quiet TensorFlow, and a
+  90 s start-up timeout for Prefect's temporary server instead of 20 s (its first start runs the
+  database migrations, which a loaded machine does not finish in 20 s). Values already in the
+  environment win. When Prefect was imported before `flows` (a notebook that did `import prefect`
+  first), Prefect's settings are refreshed so the defaults still apply.
+- `quiet_user_error_tracebacks()` (run when the flow modules are imported): Prefect logs a
+  traceback for every failed task; for a `PipelineError` (bad input or config) the one-line
+  message says everything, so those tracebacks are dropped from Prefect's log handlers.
+
+Only the standard library is imported here at module level (`aevb --help` stays fast).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+ENV_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}
+
+
+def apply_env_defaults() -> list[str]:
+    """Set the ENV_DEFAULTS that are not set yet; returns the names it set."""
+    added = [k for k in ENV_DEFAULTS if k not in os.environ]
+    for key in added:
+        os.environ[key] = ENV_DEFAULTS[key]
+    if added and "prefect.context" in sys.modules:  # Prefect read its settings already
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
+    return added
+
+
+class DropPipelineErrorTracebacks(logging.Filter):
+    """Drops log records that carry a PipelineError (its one-line message is shown anyway)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from models.errors import PipelineError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, PipelineError)
+
+
+def quiet_user_error_tracebacks() -> None:
+    """Attach the filter to every handler Prefect configured (filters on loggers miss propagation)."""
+    import prefect  # noqa: F401  (configures Prefect's logging)
+
+    names = [
+        n for n in logging.Logger.manager.loggerDict if n == "prefect" or n.startswith("prefect.")
+    ]
+    for name in ["", *names]:
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, DropPipelineErrorTracebacks) for f in handler.filters):
+                handler.addFilter(DropPipelineErrorTracebacks())
