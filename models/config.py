@@ -27,6 +27,8 @@ Estimator = Literal["A", "B", "iwae"]
 Optimizer = Literal["adam", "adagrad"]
 Preset = Literal["default", "paper", "fast"]
 Theta = Literal["map", "full_vb"]  # point estimate of the decoder, or App. F's q(theta)
+# Data-parallel training (models/distributed.py): none, local devices, or a TF_CONFIG cluster.
+Strategy = Literal["default", "mirrored", "multi_worker"]
 # Seeds are int32 stateless-RNG keys; validation seeds are train.seed + EVAL_SEED_OFFSET.
 EVAL_SEED_ROOM = 10_000
 assert EVAL_SEED_OFFSET < EVAL_SEED_ROOM
@@ -106,6 +108,9 @@ class TrainConfig:
     seed: int = 0
     jit_compile: bool = True
     theta: Theta = "map"  # "full_vb": factorized Gaussian q(theta) over the decoder (App. F)
+    # "mirrored": all local GPUs (one replica per device); "multi_worker": the machines named by
+    # the TF_CONFIG environment variable, each started with the same config (models/distributed.py)
+    strategy: Strategy = "default"
 
     def __post_init__(self) -> None:
         _check_positive("train.epochs", self.epochs, integer=True)
@@ -131,6 +136,12 @@ class TrainConfig:
             raise ConfigError(
                 f"train.theta='full_vb' uses estimator B; train.estimator={self.estimator!r} is "
                 "not supported with it: set train.estimator='B' or train.theta='map'"
+            )
+        _check_choice("train.strategy", self.strategy, Strategy)
+        if self.strategy != "default" and self.theta != "map":
+            raise ConfigError(
+                f"train.strategy={self.strategy!r} trains train.theta='map' only; "
+                f"train.theta={self.theta!r} needs train.strategy='default'"
             )
 
 

@@ -10,6 +10,7 @@ per-epoch TF checkpoints, the MLflow run id and, once training finished, `DONE`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -44,6 +45,9 @@ class TrainOutput:
     best_valid_elbo: float
     resumed_from_epoch: int
     reused: bool  # True when an identical finished run was found and nothing was trained
+    # train.strategy='multi_worker': "chief of N workers" or "worker i of N" ("" in one process);
+    # only the chief has a run id and a saved model
+    cluster_role: str = ""
 
 
 def experiment_name(dataset: str) -> str:
@@ -52,8 +56,11 @@ def experiment_name(dataset: str) -> str:
 
 def run_key(model: ModelConfig, train: TrainConfig, dataset: str, version: str) -> str:
     """What identifies a training: the model and train configs and the dataset version."""
+    train_dict = to_dict(train)
+    if train_dict.get("strategy") == "default":  # keys of runs made before the option stay
+        del train_dict["strategy"]
     blob = json.dumps(
-        {"model": to_dict(model), "train": to_dict(train), "dataset": dataset, "version": version},
+        {"model": to_dict(model), "train": train_dict, "dataset": dataset, "version": version},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -145,9 +152,16 @@ def _open_run(plan: _Plan, train_config: TrainConfig) -> str:
     return run_id
 
 
-def _fit(plan: _Plan, train_config: TrainConfig, run_id: str):
-    """Train the VAE with per-epoch MLflow metrics and log lines; returns (vae, result)."""
+def _fit(plan: _Plan, train_config: TrainConfig, run_id: str | None):
+    """Train the VAE with per-epoch MLflow metrics (when ``run_id``) and log lines; returns
+    (vae, result). ``train.strategy`` other than "default": `models.distributed.fit_distributed`."""
     from models.training import fit
+
+    if train_config.strategy != "default":  # the strategy comes before any other TF op
+        from models.distributed import fit_distributed, strategy_for
+
+        strategy = strategy_for(train_config.strategy)
+        fit = functools.partial(fit_distributed, strategy=strategy, agreement=plan.key)
     from models.vae import VAE
     from tasks.store.streaming import make_tf_dataset
 
@@ -166,7 +180,10 @@ def _fit(plan: _Plan, train_config: TrainConfig, run_id: str):
         )
 
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
-        tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+        if run_id:
+            tracking.log_metrics(
+                run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch
+            )
         log.info(
             "epoch %d/%d  train_elbo=%.3f  valid_elbo=%.3f  %.0f ex/s",
             epoch,
@@ -206,18 +223,21 @@ def train(
 
     plan = plan_training(dataset, model, train_config, data_root, version, checkpoint_root)
     m, log = plan.manifest, logger()
+    role = ""
+    if train_config.strategy == "multi_worker":  # before anything is removed or written
+        role, worker_output = _join_cluster(plan, train_config, force)
+        if worker_output is not None:
+            return worker_output
     if force and os.path.isdir(plan.ckpt_dir):
         shutil.rmtree(plan.ckpt_dir)
     os.makedirs(plan.ckpt_dir, exist_ok=True)
-    run_id, done = (
-        _read(os.path.join(plan.ckpt_dir, "run_id")),
-        _read(os.path.join(plan.ckpt_dir, "DONE")),
-    )
-    if done and run_id and tracking.run_exists(run_id) and os.path.isdir(plan.saved_dir):
+    finished = _finished(plan)
+    if finished:
+        run_id, done = finished
         log.info(
             "train: identical finished run %s found (config+data unchanged); not retraining", run_id
         )
-        return plan.output(run_id, json.loads(done), 0, reused=True)
+        return dataclasses.replace(plan.output(run_id, done, 0, reused=True), cluster_role=role)
     run_id = _open_run(plan, train_config)
     try:
         vae, result = _fit(plan, train_config, run_id)
@@ -246,7 +266,64 @@ def train(
         "best_valid_elbo": result.best_valid_elbo,
     }
     publish.write_text_atomic(os.path.join(plan.ckpt_dir, "DONE"), json.dumps(info))
-    return plan.output(run_id, info, result.resumed_from_epoch, reused=False)
+    output = plan.output(run_id, info, result.resumed_from_epoch, reused=False)
+    return dataclasses.replace(output, cluster_role=role)
+
+
+def _finished(plan: _Plan) -> tuple[str, dict] | None:
+    """(run id, DONE info) of this exact training when it finished and is still tracked."""
+    run_id, done = (
+        _read(os.path.join(plan.ckpt_dir, "run_id")),
+        _read(os.path.join(plan.ckpt_dir, "DONE")),
+    )
+    if done and run_id and tracking.run_exists(run_id) and os.path.isdir(plan.saved_dir):
+        return run_id, json.loads(done)
+    return None
+
+
+def _join_cluster(
+    plan: _Plan, train_config: TrainConfig, force: bool
+) -> tuple[str, TrainOutput | None]:
+    """train.strategy='multi_worker': meet the other workers (TF_CONFIG) and agree on what is
+    trained and whether (the chief decides: an identical finished run is reused by everyone).
+
+    The chief returns (role, None) and trains, tracks and saves as usual. Another worker trains
+    its share with its own checkpoints beside the chief's folder (shared storage stays safe),
+    logs to no MLflow run, saves no model, and returns (role, its TrainOutput).
+    """
+    from models.distributed import cluster_info, handshake, strategy_for
+    from models.errors import ConfigError
+
+    info, strategy = cluster_info(), strategy_for("multi_worker")
+    trains = force or _finished(plan) is None
+    same, chief_trains = handshake(strategy, plan.key, float(trains))
+    if not same:
+        raise ConfigError(
+            f"train.strategy='multi_worker': the workers do not train the same thing (this is "
+            f"{info.task_type} {info.task_index}: dataset {plan.manifest.name}@"
+            f"{plan.manifest.version[:12]}, run key {plan.key}); start every worker with the same "
+            "--config, overrides and dataset version"
+        )
+    if info.is_chief:
+        return f"chief of {info.num_workers} workers", None
+    role = f"{info.task_type} {info.task_index} of {info.num_workers}"
+    empty = {"epochs_completed": 0, "best_epoch": 0, "best_valid_elbo": float("nan")}
+    if not chief_trains:
+        logger().info("train: %s: the chief reuses its finished identical run", role)
+        output = plan.output("", empty, 0, reused=True)
+        return role, dataclasses.replace(output, saved_model_dir="", cluster_role=role)
+    own = f"{plan.ckpt_dir}.{info.task_type}-{info.task_index}"
+    if force and os.path.isdir(own):
+        shutil.rmtree(own)
+    os.makedirs(own, exist_ok=True)
+    _, result = _fit(dataclasses.replace(plan, ckpt_dir=own), train_config, None)
+    info_out = {
+        "epochs_completed": result.epochs_completed,
+        "best_epoch": result.best_epoch,
+        "best_valid_elbo": result.best_valid_elbo,
+    }
+    output = plan.output("", info_out, result.resumed_from_epoch, reused=False)
+    return role, dataclasses.replace(output, saved_model_dir="", cluster_role=role)
 
 
 def held_out_rows(

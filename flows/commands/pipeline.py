@@ -33,6 +33,17 @@ def run(args: argparse.Namespace) -> int:
     take_misread_override(args)
     extra = data_overrides(args.source, args.name, args.data_root)
     config = pipeline_config(args, extra)  # validated before any work starts
+    if config.train.strategy == "multi_worker":
+        from models.distributed import cluster_info
+        from models.errors import ConfigError
+
+        info = cluster_info()
+        if not info.is_chief:
+            raise ConfigError(
+                f"train.strategy='multi_worker': this process is {info.task_type} "
+                f"{info.task_index} of {info.num_workers} (TF_CONFIG); run the pipeline on the "
+                "chief (index 0) only and `aevb train --dataset NAME` with the same settings here"
+            )
     runner = (
         pipeline_flow if uses_default_runner(config) else with_task_runner(pipeline_flow, config)
     )
