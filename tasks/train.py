@@ -295,7 +295,7 @@ def _join_cluster(
     from models.errors import ConfigError
 
     info, strategy = cluster_info(), strategy_for("multi_worker")
-    trains = force or _finished(plan) is None
+    trains = info.is_chief and (force or _finished(plan) is None)  # only the chief's counts
     same, chief_trains = handshake(strategy, plan.key, float(trains))
     if not same:
         raise ConfigError(
@@ -316,7 +316,11 @@ def _join_cluster(
     if force and os.path.isdir(own):
         shutil.rmtree(own)
     os.makedirs(own, exist_ok=True)
-    _, result = _fit(dataclasses.replace(plan, ckpt_dir=own), train_config, None)
+    try:
+        _, result = _fit(dataclasses.replace(plan, ckpt_dir=own), train_config, None)
+    except TrainingDivergedError:
+        shutil.rmtree(own, ignore_errors=True)  # as the chief does: never resumed
+        raise
     info_out = {
         "epochs_completed": result.epochs_completed,
         "best_epoch": result.best_epoch,
