@@ -27,20 +27,10 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
-# -- environment and console set-up (before TensorFlow, Prefect or MLflow is imported) ----------
-# Offline machine, and nobody wants telemetry from a batch job. TF's C++ log: errors only (its
-# INFO/WARNING lines say nothing a user can act on); MLflow's INFO lines ("Creating initial MLflow
-# database tables...") off, its warnings kept. AEVB_QUIET=0 keeps every third-party line.
-QUIET = os.environ.get("AEVB_QUIET", "1").strip().lower() not in ("0", "false", "no", "off")
-for _k, _v in {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "true",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "TF_CPP_MIN_LOG_LEVEL": "2" if QUIET else "0",
-    **({"MLFLOW_LOGGING_LEVEL": "WARNING"} if QUIET else {}),
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-}.items():
-    os.environ.setdefault(_k, _v)
+from flows.settings import QUIET, quiet_user_error_tracebacks
+
+# Telemetry off, quiet TF and MLflow, Prefect's start-up timeout: `import flows` applied them
+# already (flows/settings.py), for the CLI and for flows started from Python alike.
 
 # What TensorFlow's C++ core writes to stderr while it loads, before its log level applies (or,
 # for cuInit, as an ERROR): noise on a machine without an NVIDIA driver. Nothing forces the CPU:
@@ -128,7 +118,7 @@ def _load_tensorflow(exec_module: Callable, module: Any) -> None:
 def _load_prefect(exec_module: Callable, module: Any) -> None:
     exec_module(module)  # prefect.main configures Prefect's logging: only now are there handlers
     _quiet_prefect_console()
-    _quiet_user_error_tracebacks()  # (called from main() too, before Prefect has configured them)
+    quiet_user_error_tracebacks()  # (called from main() too, before Prefect has configured them)
 
 
 def _set_up_console() -> None:
@@ -184,6 +174,7 @@ VERBS = (
     "pipeline",
     "lock",
     "serve",
+    "deploy",
     "reproduce",
     "config",
 )
@@ -197,52 +188,6 @@ def version() -> str:
         return dist_version("aevb-pipeline")
     except PackageNotFoundError:
         return "0+unknown"
-
-
-def _error_names() -> tuple[str, ...]:
-    from models.errors import PipelineError
-
-    found, todo = [], [PipelineError]
-    while todo:
-        cls = todo.pop()
-        found.append(cls.__name__)
-        todo.extend(cls.__subclasses__())
-    return tuple(found)
-
-
-class _DropPipelineErrorTracebacks(logging.Filter):
-    """Prefect logs a user error up to four times (task failed, task state, flow exception, flow
-    state), with tracebacks; on the console the CLI's one line is enough. The records still reach
-    Prefect's API log handler, so the UI keeps them."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from models.errors import PipelineError
-
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, PipelineError):
-            return False
-        if not record.name.startswith("prefect"):
-            return True
-        message = record.getMessage()
-        return not any(f"{n}(" in message or f"{n}: " in message for n in _error_names())
-
-
-_DROP = _DropPipelineErrorTracebacks()
-
-
-def _quiet_user_error_tracebacks() -> None:
-    """Attach the filter to every handler Prefect configured (filters on loggers miss propagation)."""
-    from prefect.logging.configuration import ensure_logging_setup
-
-    ensure_logging_setup()  # `import prefect` alone does not configure its handlers
-    drop = _DROP
-    names = [
-        n for n in logging.Logger.manager.loggerDict if n == "prefect" or n.startswith("prefect.")
-    ]
-    for name in ["", *names]:
-        for handler in logging.getLogger(name).handlers:
-            if drop not in handler.filters:
-                handler.addFilter(drop)
 
 
 # Task parameters whose flag is spelled differently from the parameter.
@@ -342,7 +287,7 @@ def run_verb(args: argparse.Namespace) -> int:
         runs_flows = bool(getattr(args, "runs_flows", False))
         with serving(runs_flows):
             if runs_flows:
-                _quiet_user_error_tracebacks()
+                quiet_user_error_tracebacks()
             return int(func(args, checked) or 0)
     finally:
         if "tasks.model_cache" in sys.modules:

@@ -28,6 +28,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+# Collision strategies of the scheduled deployment's 1-run concurrency limit (flows/serve.py).
+SCHEDULE_COLLISIONS = ("cancel_new", "enqueue")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -237,6 +239,9 @@ class PipelineSection:
         task_runner: where stages and fan-out tasks run: threads here, or a Dask cluster
         dask_address: Dask scheduler, e.g. tcp://10.0.0.5:8786; empty = a local cluster
         workers: threads (or local Dask workers); 0 = the runner's default {>= 0}
+        schedule_collisions: what the scheduled deployment (`aevb serve`, `aevb deploy`) does
+            with a run that is due while another still runs: cancel_new = the new run is
+            cancelled at once, enqueue = it waits; either way one run at a time
     """
 
     retrain_on_unchanged: bool = False
@@ -246,6 +251,7 @@ class PipelineSection:
     task_runner: Literal["threads", "dask"] = "threads"
     dask_address: str = ""
     workers: int = 0
+    schedule_collisions: Literal["cancel_new", "enqueue"] = "cancel_new"
 
     def __post_init__(self) -> None:
         from tasks.runners import check_runner
@@ -261,6 +267,11 @@ class PipelineSection:
         if not isinstance(self.dask_address, str):
             raise ConfigError(f"pipeline.dask_address={self.dask_address!r} must be a string")
         check_runner(self.task_runner, self.dask_address or None, self.workers or None)
+        if self.schedule_collisions not in SCHEDULE_COLLISIONS:
+            raise ConfigError(
+                f"pipeline.schedule_collisions={self.schedule_collisions!r} is not allowed; "
+                f"choose one of {', '.join(map(repr, SCHEDULE_COLLISIONS))}"
+            )
 
 
 @dataclass(frozen=True)

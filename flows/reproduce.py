@@ -20,6 +20,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.settings import quiet_user_error_tracebacks
 from models.errors import ConfigError
 from tasks.reproduce import (
     EXPERIMENTS,
@@ -31,6 +32,8 @@ from tasks.reproduce import (
     write_report,
     write_report_task,
 )
+
+quiet_user_error_tracebacks()  # as under the CLI, for flows started from Python
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any
 from prefect import flow
 
 from flows.config import PipelineConfig
+from flows.settings import quiet_user_error_tracebacks
 from models import constants as C
 from tasks.corrupt import CorruptOutput, corrupt_task
 from tasks.evaluate import EvaluationSummary, evaluate_task
@@ -21,6 +22,9 @@ from tasks.restore import RestoreOutput, RestoreSettings, decode_latents_task, r
 from tasks.sample import SampleOutput, sample_task
 from tasks.store.writer import IngestResult
 from tasks.train import TrainOutput, train_task
+
+# Flows imported from Python (a notebook) get the CLI's logging set-up (flows/settings.py).
+quiet_user_error_tracebacks()
 
 
 def run_ingest_task(

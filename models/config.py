@@ -35,6 +35,8 @@ Architecture = Literal["mlp", "conv"]  # conv: strided convolutions, for 2-D / 3
 CONV_FIELDS = ("architecture", "conv_channels", "conv_kernel_size")
 # models/precision.py: bfloat16 matmuls (float32 everything else) where the hardware has them.
 Precision = Literal["float32", "mixed_bfloat16"]
+# Data-parallel training (models/distributed.py): none, local devices, or a TF_CONFIG cluster.
+Strategy = Literal["default", "mirrored", "multi_worker"]
 # Seeds are int32 stateless-RNG keys; validation seeds are train.seed + EVAL_SEED_OFFSET.
 EVAL_SEED_ROOM = 10_000
 assert EVAL_SEED_OFFSET < EVAL_SEED_ROOM
@@ -168,6 +170,8 @@ class TrainConfig:
             (the paper's App. F; needs estimator B)
         precision: float32, or mixed_bfloat16 = dense matmuls in bfloat16 (fast on CPUs with
             AVX-512 BF16/AMX and on GPUs); weights, optimiser state and checkpoints stay float32
+        strategy: default = one device; mirrored = every local GPU (one replica each);
+            multi_worker = the machines named by TF_CONFIG, each started with the same config
     """
 
     epochs: int = 20
@@ -182,6 +186,9 @@ class TrainConfig:
     jit_compile: bool = True
     theta: Theta = "map"
     precision: Precision = "float32"  # "mixed_bfloat16": bf16 matmuls (models/precision.py)
+    # "mirrored": all local GPUs (one replica per device); "multi_worker": the machines named by
+    # the TF_CONFIG environment variable, each started with the same config (models/distributed.py)
+    strategy: Strategy = "default"
 
     def __post_init__(self) -> None:
         _check_positive("train.epochs", self.epochs, integer=True)
@@ -213,6 +220,12 @@ class TrainConfig:
             raise ConfigError(
                 f"train.theta='full_vb' uses estimator B; train.estimator={self.estimator!r} is "
                 "not supported with it: set train.estimator='B' or train.theta='map'"
+            )
+        _check_choice("train.strategy", self.strategy, Strategy)
+        if self.strategy != "default" and self.theta != "map":
+            raise ConfigError(
+                f"train.strategy={self.strategy!r} trains train.theta='map' only; "
+                f"train.theta={self.theta!r} needs train.strategy='default'"
             )
 
 

@@ -27,6 +27,8 @@ number of steps, so all of them iterate the same data pipeline (sharded by the s
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -107,6 +109,62 @@ def make_strategy(kind: str = "auto", devices: list[str] | None = None) -> tf.di
     return tf.distribute.get_strategy()
 
 
+@functools.cache
+def strategy_for(kind: str) -> tf.distribute.Strategy:
+    """The strategy of ``train.strategy = kind``, one per process (TF allows a single
+    MultiWorkerMirroredStrategy per process, created before any other TF op).
+
+    ``multi_worker`` needs `TF_CONFIG` naming at least two workers; creating it waits until every
+    worker of the cluster has started. ConfigError (one line, naming the setting) otherwise.
+    """
+    if kind == "multi_worker" and cluster_info().num_workers < 2:
+        raise ConfigError(
+            "train.strategy='multi_worker' needs the TF_CONFIG environment variable naming the "
+            'cluster, e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+            '"task": {"type": "worker", "index": 0}}\' (index 1 on the second machine); '
+            "or set train.strategy='default'"
+        )
+    try:
+        return make_strategy(kind)
+    except RuntimeError as exc:  # "Collective ops must be configured at program startup"
+        raise ConfigError(
+            f"train.strategy={kind!r} must be the first TensorFlow work of its process "
+            f"({exc}); start it in a new process (`aevb train`, `aevb pipeline`)"
+        ) from exc
+
+
+def _token_digits(token: str) -> list[float]:
+    """64 bits of sha256(token) as 16 values in 0..15 (exact in float32 sums and squares)."""
+    raw = hashlib.sha256(token.encode()).digest()[:8]
+    return [float(n) for b in raw for n in (b >> 4, b & 15)]
+
+
+def handshake(strategy: tf.distribute.Strategy, token: str, chief_value: float = 0.0):
+    """One all-reduce over every replica of every worker: (do all replicas hold the same
+    ``token``?, the chief's ``chief_value``). Every worker gets the same answer, so all of them
+    take the same decision (train or not, stop with an error) instead of waiting for each other.
+    """
+    info = cluster_info()
+    local = tf.constant(
+        [*_token_digits(token), chief_value if info.is_chief else 0.0], dtype=tf.float32
+    )
+
+    @tf.function
+    def reduce():
+        def replica_fn():
+            ctx = tf.distribute.get_replica_context()
+            first = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), tf.float32)
+            flag = tf.concat([local[:-1], local[-1:] * first], 0)  # the chief's value counted once
+            return ctx.all_reduce(tf.distribute.ReduceOp.SUM, [flag, flag * flag])
+
+        return strategy.run(replica_fn)
+
+    sums, squares = (strategy.experimental_local_results(t)[0].numpy() for t in reduce())
+    replicas = float(strategy.num_replicas_in_sync)
+    same = bool(((sums[:-1] ** 2) == replicas * squares[:-1]).all())  # zero variance: all equal
+    return same, float(sums[-1])
+
+
 def split_local_cpu(num_devices: int) -> list[str]:
     """Split the host CPU into ``num_devices`` logical devices (before any TF op) for MirroredStrategy."""
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -185,18 +243,27 @@ def fit_distributed(
     checkpoint_dir: str | None = None,
     on_epoch_end: EpochCallback | None = None,
     max_steps_per_epoch: int | None = None,
+    agreement: str | None = None,
 ) -> TrainResult:
     """`models.training.fit` with data-parallel updates; returns with the best weights assigned.
 
     make_train_data(epoch) returns the epoch's *global* batches ([M, D] float32, same order on every
     worker); the strategy splits each batch across replicas. Validation runs on every worker with
     identical weights, so every worker takes the same early-stopping decision. Checkpoints: see
-    `worker_checkpoint_dir`; all workers must resume from the same epoch.
+    `worker_checkpoint_dir`; all workers must resume from the same epoch. ``agreement``: a token
+    of what is trained (config, dataset version); at the start of every epoch the workers check
+    that they hold the same token and epoch, and all stop with a ConfigError when they do not.
     """
     trainer = DistributedTrainer(model, config, num_train, strategy)
     own_dir = worker_checkpoint_dir(checkpoint_dir, cluster_info()) if checkpoint_dir else None
 
     def epoch_data(epoch: int):
+        if agreement is not None and not handshake(strategy, f"{agreement}|epoch={epoch}")[0]:
+            raise ConfigError(
+                f"train.strategy: the workers disagree at epoch {epoch} (config, dataset version "
+                "or resumed checkpoint): start every worker with the same --config, overrides and "
+                "dataset version, and resume all of them or none"
+            )
         data = make_train_data(epoch)
         if max_steps_per_epoch is not None:
             data = data.take(max_steps_per_epoch)
@@ -219,6 +286,8 @@ __all__ = [
     "cluster_info",
     "fit_distributed",
     "make_strategy",
+    "handshake",
     "split_local_cpu",
+    "strategy_for",
     "worker_checkpoint_dir",
 ]

@@ -11,26 +11,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 
-import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from models import constants as C
 from models.config import ModelConfig, TrainConfig, check_architecture, to_dict
 from models.errors import StorageError, TrainingDivergedError
-from tasks import plots, tracking
-from tasks.logs import logger, prefect_run
-from tasks.store import datasets, fs, publish, readers
+from tasks import run_records, tracking
+from tasks.logs import logger
+from tasks.run_records import PLOTS_ARTIFACT
+from tasks.store import datasets, fs, publish
 from tasks.store.roots import default_checkpoint_root
 
-PLOTS_ARTIFACT = "plots"
 CHECKPOINT_FIX = "or put checkpoints elsewhere (AEVB_CHECKPOINT_DIR)"
 
 
@@ -47,6 +46,9 @@ class TrainOutput:
     resumed_from_epoch: int
     reused: bool  # True when an identical finished run was found and nothing was trained
     plots: tuple[str, ...] = ()  # artifact paths in the MLflow run, e.g. plots/manifold.png
+    # train.strategy='multi_worker': "chief of N workers" or "worker i of N" ("" in one process);
+    # only the chief has a run id and a saved model
+    cluster_role: str = ""
 
 
 def experiment_name(dataset: str) -> str:
@@ -55,8 +57,11 @@ def experiment_name(dataset: str) -> str:
 
 def run_key(model: ModelConfig, train: TrainConfig, dataset: str, version: str) -> str:
     """What identifies a training: the model and train configs and the dataset version."""
+    train_dict = to_dict(train)
+    if train_dict.get("strategy") == "default":  # keys of runs made before the option stay
+        del train_dict["strategy"]
     blob = json.dumps(
-        {"model": to_dict(model), "train": to_dict(train), "dataset": dataset, "version": version},
+        {"model": to_dict(model), "train": train_dict, "dataset": dataset, "version": version},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -124,38 +129,6 @@ def plan_training(
     return _Plan(root, manifest, model, key, os.path.join(base, f"{manifest.name}-{key}"))
 
 
-def lineage_tags(plan: _Plan) -> dict[str, str]:
-    """Where the data came from and which Prefect flow run trained the model (both ways: the
-    pipeline's Prefect artifact links back to this run). Tags are refreshed on resume."""
-    m = plan.manifest
-    uri = datasets.version_dir(plan.root, m.name, m.version)
-    tags = {
-        "aevb.dataset_uri": uri,  # local path or s3://... of the dataset version
-        "aevb.data_root": plan.root,
-        "aevb.dataset_source": str((m.source or {}).get("uri", "")),
-        "aevb.package_version": _package_version(),
-    }
-    run = prefect_run()
-    if run:
-        tags.update({f"aevb.prefect.{k}": v for k, v in run.items() if v})
-        link = f" ([open]({run['flow_run_url']}))" if run.get("flow_run_url") else ""
-        tags["mlflow.note.content"] = (
-            f"Trained by Prefect flow run `{run['flow_run_name']}` of `{run['flow_name']}` "
-            f"(id {run['flow_run_id']}){link} on dataset `{m.name}` version `{m.version}` at "
-            f"`{uri}`."
-        )
-    return tags
-
-
-def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("aevb-pipeline")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def _open_run(plan: _Plan, train_config: TrainConfig) -> str:
     """The MLflow run of this training: the one a killed attempt started, else a new one."""
     m = plan.manifest
@@ -182,13 +155,20 @@ def _open_run(plan: _Plan, train_config: TrainConfig) -> str:
     tracking.log_dataset_input(
         run_id, m.name, m.version, datasets.version_dir(plan.root, m.name, m.version)
     )
-    tracking.set_tags(run_id, lineage_tags(plan))
+    tracking.set_tags(run_id, run_records.lineage_tags(plan.root, plan.manifest))
     return run_id
 
 
-def _fit(plan: _Plan, train_config: TrainConfig, run_id: str):
-    """Train the VAE with per-epoch MLflow metrics and log lines; returns (vae, result)."""
+def _fit(plan: _Plan, train_config: TrainConfig, run_id: str | None):
+    """Train the VAE with per-epoch MLflow metrics (when ``run_id``) and log lines; returns
+    (vae, result). ``train.strategy`` other than "default": `models.distributed.fit_distributed`."""
     from models.training import fit
+
+    if train_config.strategy != "default":  # the strategy comes before any other TF op
+        from models.distributed import fit_distributed, strategy_for
+
+        strategy = strategy_for(train_config.strategy)
+        fit = functools.partial(fit_distributed, strategy=strategy, agreement=plan.key)
     from models.vae import VAE
     from tasks.store.streaming import make_tf_dataset
 
@@ -207,7 +187,10 @@ def _fit(plan: _Plan, train_config: TrainConfig, run_id: str):
         )
 
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
-        tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+        if run_id:
+            tracking.log_metrics(
+                run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch
+            )
         log.info(
             "epoch %d/%d  train_elbo=%.3f  valid_elbo=%.3f  %.0f ex/s",
             epoch,
@@ -250,26 +233,31 @@ def train(
     """
     plan = plan_training(dataset, model, train_config, data_root, version, checkpoint_root)
     log = logger()
+    role = ""
+    if train_config.strategy == "multi_worker":  # before anything is removed or written
+        role, worker_output = _join_cluster(plan, train_config, force)
+        if worker_output is not None:
+            return worker_output
     if force and os.path.isdir(plan.ckpt_dir):
         with fs.storage_guard(plan.ckpt_dir):
             shutil.rmtree(plan.ckpt_dir)
-    run_id, done = (
-        _read(os.path.join(plan.ckpt_dir, "run_id")),
-        _read(os.path.join(plan.ckpt_dir, "DONE")),
-    )
-    if done and run_id and tracking.run_exists(run_id) and os.path.isdir(plan.saved_dir):
+    finished = _finished(plan)
+    if finished:
+        run_id, done = finished
         log.info(
             "train: identical finished run %s found (config+data unchanged); not retraining", run_id
         )
         plots_logged = tracking.list_artifacts(run_id, PLOTS_ARTIFACT)
-        return plan.output(run_id, json.loads(done), 0, reused=True, plots=plots_logged)
+        output = plan.output(run_id, done, 0, reused=True, plots=plots_logged)
+        return dataclasses.replace(output, cluster_role=role)
     try:
         with fs.storage_guard(plan.ckpt_dir, CHECKPOINT_FIX):
             os.makedirs(plan.ckpt_dir, exist_ok=True)
-        return _train_and_save(plan, train_config)
+        output = _train_and_save(plan, train_config)
     except BaseException:
         _drop_unresumable(plan.ckpt_dir)
         raise
+    return dataclasses.replace(output, cluster_role=role)
 
 
 def _drop_unresumable(ckpt_dir: str) -> None:
@@ -307,7 +295,9 @@ def _train_and_save(plan: _Plan, train_config: TrainConfig) -> TrainOutput:
     tracking.set_tags(
         run_id, {"aevb.best_epoch": result.best_epoch, "aevb.stopped_early": result.stopped_early}
     )
-    plots_logged = log_training_plots(run_id, vae, plan.root, m, result.history, train_config.seed)
+    plots_logged = run_records.log_training_plots(
+        run_id, vae, plan.root, m, result.history, train_config.seed
+    )
     tracking.end_run(run_id)  # later stages (evaluate, register) may still log to a finished run
     info = {
         "epochs_completed": result.epochs_completed,
@@ -333,39 +323,65 @@ def _checkpoint_faults(path: str):
         raise err from exc
 
 
-def held_out_rows(
-    data_root: str, manifest: datasets.DatasetManifest, max_rows: int = 2000
-) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``max_rows`` (x [N, D] model space, labels [N]) from the test split, else valid/train."""
-    for split in (C.TEST, C.VALID, C.TRAIN):
-        xs, labels, rows = [], [], 0
-        for _, x, lab in readers.iter_batches(
-            data_root, manifest.name, manifest.version, split, 500
-        ):
-            xs.append(x[: max_rows - rows])
-            labels.append(lab[: max_rows - rows])
-            rows += len(xs[-1])
-            if rows >= max_rows:
-                break
-        if rows:
-            return np.concatenate(xs), np.concatenate(labels)
-    raise ValueError(f"dataset {manifest.name}@{manifest.version} has no rows")  # ingest forbids it
+def _finished(plan: _Plan) -> tuple[str, dict] | None:
+    """(run id, DONE info) of this exact training when it finished and is still tracked."""
+    run_id, done = (
+        _read(os.path.join(plan.ckpt_dir, "run_id")),
+        _read(os.path.join(plan.ckpt_dir, "DONE")),
+    )
+    if done and run_id and tracking.run_exists(run_id) and os.path.isdir(plan.saved_dir):
+        return run_id, json.loads(done)
+    return None
 
 
-def log_training_plots(
-    run_id: str,
-    vae,
-    data_root: str,
-    manifest: datasets.DatasetManifest,
-    history: list[dict[str, float]],
-    seed: int = 0,
-) -> list[str]:
-    """Render tasks/plots.py's PNGs for a trained VAE on held-out rows and log them under plots/."""
-    x, labels = held_out_rows(data_root, manifest)
-    with tempfile.TemporaryDirectory(prefix="aevb-plots-") as tmp:
-        paths = plots.write_training_plots(vae, x, labels, history, tmp, seed=seed)
-        tracking.log_artifacts(run_id, tmp, PLOTS_ARTIFACT)
-    return [f"{PLOTS_ARTIFACT}/{os.path.basename(p)}" for p in paths]
+def _join_cluster(
+    plan: _Plan, train_config: TrainConfig, force: bool
+) -> tuple[str, TrainOutput | None]:
+    """train.strategy='multi_worker': meet the other workers (TF_CONFIG) and agree on what is
+    trained and whether (the chief decides: an identical finished run is reused by everyone).
+
+    The chief returns (role, None) and trains, tracks and saves as usual. Another worker trains
+    its share with its own checkpoints beside the chief's folder (shared storage stays safe),
+    logs to no MLflow run, saves no model, and returns (role, its TrainOutput).
+    """
+    from models.distributed import cluster_info, handshake, strategy_for
+    from models.errors import ConfigError
+
+    info, strategy = cluster_info(), strategy_for("multi_worker")
+    trains = info.is_chief and (force or _finished(plan) is None)  # only the chief's counts
+    same, chief_trains = handshake(strategy, plan.key, float(trains))
+    if not same:
+        raise ConfigError(
+            f"train.strategy='multi_worker': the workers do not train the same thing (this is "
+            f"{info.task_type} {info.task_index}: dataset {plan.manifest.name}@"
+            f"{plan.manifest.version[:12]}, run key {plan.key}); start every worker with the same "
+            "--config, overrides and dataset version"
+        )
+    if info.is_chief:
+        return f"chief of {info.num_workers} workers", None
+    role = f"{info.task_type} {info.task_index} of {info.num_workers}"
+    empty = {"epochs_completed": 0, "best_epoch": 0, "best_valid_elbo": float("nan")}
+    if not chief_trains:
+        logger().info("train: %s: the chief reuses its finished identical run", role)
+        output = plan.output("", empty, 0, reused=True)
+        return role, dataclasses.replace(output, saved_model_dir="", cluster_role=role)
+    own = f"{plan.ckpt_dir}.{info.task_type}-{info.task_index}"
+    if force and os.path.isdir(own):
+        shutil.rmtree(own)
+    os.makedirs(own, exist_ok=True)
+    try:
+        with _checkpoint_faults(own):
+            _, result = _fit(dataclasses.replace(plan, ckpt_dir=own), train_config, None)
+    except TrainingDivergedError:
+        shutil.rmtree(own, ignore_errors=True)  # as the chief does: never resumed
+        raise
+    info_out = {
+        "epochs_completed": result.epochs_completed,
+        "best_epoch": result.best_epoch,
+        "best_valid_elbo": result.best_valid_elbo,
+    }
+    output = plan.output("", info_out, result.resumed_from_epoch, reused=False)
+    return role, dataclasses.replace(output, saved_model_dir="", cluster_role=role)
 
 
 train_task = task(train, name="train", cache_policy=NO_CACHE)

@@ -36,7 +36,7 @@ HOOKS = {
         ("CheckpointManager.save", "training: checkpoint")
     ],
     "models.saved": [("save_model", "saving")],
-    "tasks.train": [("log_training_plots", "saving")],
+    "tasks.run_records": [("log_training_plots", "saving")],
 }
 IMPORT_GROUPS = {
     "tensorflow": "TensorFlow + TFP", "tensorflow_probability": "TensorFlow + TFP",

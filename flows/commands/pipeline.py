@@ -45,10 +45,27 @@ def check(args: argparse.Namespace):
     take_misread_override(args)
     extra = data_overrides(args.source, args.name, args.data_root)
     config = pipeline_config(args, extra)
+    check_cluster_role(config)
     d = config.data
     formats = {check_source(source, dict(d.options)) for source in d.shards or (d.source,)}
     check_splits(config, fixed_test="idx" in formats)
     return config
+
+
+def check_cluster_role(config) -> None:
+    """train.strategy='multi_worker': the pipeline runs on the chief only (it registers)."""
+    if config.train.strategy != "multi_worker":
+        return
+    from models.distributed import cluster_info
+    from models.errors import ConfigError
+
+    info = cluster_info()
+    if not info.is_chief:
+        raise ConfigError(
+            f"train.strategy='multi_worker': this process is {info.task_type} "
+            f"{info.task_index} of {info.num_workers} (TF_CONFIG); run the pipeline on the "
+            "chief (index 0) only and `aevb train --dataset NAME` with the same settings here"
+        )
 
 
 def check_splits(config, fixed_test: bool) -> None:

@@ -45,10 +45,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset-name", default=None, help="dataset name (default: from the source)")
     data_root_arg(p)
     config_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check)
 
 
-def parameters(args: argparse.Namespace) -> dict:
+def check(args: argparse.Namespace):
+    """Settings (config, overrides, the schedule) before the server is asked anything; returns
+    (plan, schedule)."""
+    from flows.serve import make_schedule
+
+    return plan(args), make_schedule(args.cron, args.interval, args.timezone)
+
+
+def plan(args: argparse.Namespace):
     """The deployment's parameters from SOURCE, --dataset-name, --data-root, --config, overrides."""
     from flows.serve import deployment_parameters
 
@@ -61,27 +69,32 @@ def parameters(args: argparse.Namespace) -> dict:
     return deployment_parameters(args.config, overrides)
 
 
-def run(args: argparse.Namespace, checked: None = None) -> int:
-    from flows.serve import build_deployment, check_server, make_schedule
+def run(args: argparse.Namespace, checked) -> int:
+    from flows.serve import build_deployment, check_server
 
-    params = parameters(args)
-    schedule = make_schedule(args.cron, args.interval, args.timezone)
+    the_plan, schedule = checked
+    params = the_plan.parameters
     url = check_server()
-    deployment = build_deployment(args.name, schedule, params)
+    deployment = build_deployment(args.name, schedule, the_plan)
     deployment_id = deployment.apply()
     full_name = f"{deployment.flow_name}/{args.name}"
     when = f"cron {args.cron!r} ({args.timezone})" if args.cron else f"every {args.interval:g} s"
     print(
         f"deployment {full_name} ({deployment_id}) registered on {url}: {when}\n"
         f"  parameters: {json.dumps(params)}\n"
+        f"  at most one run at a time; a run due meanwhile: {the_plan.collisions} "
+        "(pipeline.schedule_collisions)\n"
         f"  run now:    prefect deployment run '{full_name}'\n"
         f"  UI:         {url.removesuffix('/api')}/deployments"
     )
     if args.register_only:
         print("  --register-only: runs execute while `aevb serve` (without it) is running")
         return 0
-    from prefect import serve
+    from flows.serve import serve_until_signalled
 
-    print("serving; Ctrl-C stops (the schedule is paused on shutdown)")
-    serve(deployment, print_starting_message=False)
+    print(
+        "serving; Ctrl-C or SIGTERM stops (in-flight runs cancelled, schedule paused)", flush=True
+    )
+    name = serve_until_signalled(deployment, say=lambda m: print(f"aevb serve: {m}", flush=True))
+    print(f"aevb serve: stopped ({name or 'runner exited'})", flush=True)
     return 0

@@ -60,9 +60,16 @@ def run(args: argparse.Namespace, checked) -> int:
 
     config, root = checked
     out = train_flow(args.dataset, config, root, args.version, force=args.force)
+    if out.cluster_role and not out.run_id:  # train.strategy='multi_worker', not the chief
+        done = "nothing to train (the chief reuses its run)" if out.reused else "trained its share"
+        print(
+            f"{out.cluster_role}: {done}; the chief (worker 0) logs to MLflow and saves the model"
+        )
+        return 0
     print(
         f"trained {out.dataset}@{out.dataset_version[:12]}: best valid ELBO {out.best_valid_elbo:.3f} "
-        f"(epoch {out.best_epoch}/{out.epochs_completed}){' [reused]' if out.reused else ''}\n"
+        f"(epoch {out.best_epoch}/{out.epochs_completed}){' [reused]' if out.reused else ''}"
+        f"{f' [{out.cluster_role}]' if out.cluster_role else ''}\n"
         f"  MLflow run {out.run_id} (experiment {out.experiment})\n  SavedModel {out.saved_model_dir}"
     )
     return 0

@@ -9,41 +9,72 @@ inside `temporary_settings`, so the session's test harness is untouched.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
 from models.errors import ConfigError, PipelineError
-
-REPO = Path(__file__).resolve().parents[2]
-FAST = [
-    "train.epochs=1",
-    "train.jit_compile=false",
-    "model.hidden_sizes=[16]",
-    "model.latent_dim=2",
-    "evaluate.num_samples=8",
-    "export.splits=['test']",
-]
+from tests.flows._prefect_server import FAST, REPO, server_env
+from tests.flows._prefect_server import prefect_server as start_prefect_server
+from tests.helpers import free_port
 
 
 def test_cron_and_interval_schedules_are_validated():
     from flows.serve import make_schedule
 
     assert make_schedule("0 3 * * *", None).cron == "0 3 * * *"
+    assert make_schedule("@daily", None).cron == "@daily"
     assert make_schedule(None, 3600).interval == timedelta(hours=1)
-    with pytest.raises(ConfigError, match=r"--cron 'every day'.*not a valid schedule"):
+    with pytest.raises(ConfigError, match=r"--cron 'every day' is not a valid schedule"):
         make_schedule("every day", None)
-    with pytest.raises(ConfigError, match=r"--timezone 'Mars/Olympus'"):
+    with pytest.raises(ConfigError, match=r"--timezone 'Mars/Olympus' is not an IANA time zone"):
         make_schedule("0 3 * * *", None, "Mars/Olympus")
     with pytest.raises(ConfigError, match=r"--interval 0"):
         make_schedule(None, 0)
+
+
+@pytest.mark.parametrize(
+    "cron, reason",
+    [
+        ("every day", "has 2 field(s); a cron needs 5: minute hour day-of-month month day-of-week"),
+        ("61 * * * *", "minute field '61' is not valid"),
+        ("0 25 * * *", "hour field '25' is not valid"),
+        ("0 3 * * mon-fry", "day-of-week field 'mon-fry' is not valid"),
+        ("0 3 30 2 *", "no date ever matches it"),
+        ("H 3 * * *", "minute field 'H': random (R) and hashed (H) values are not supported"),
+    ],
+)
+def test_a_bad_cron_prints_the_reason_in_one_line(cron, reason, capsys):
+    from flows.cli import main
+
+    rc = main(["serve", "--cron", cron, "--register-only"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0, err
+    assert err.startswith(f"aevb serve: error: --cron {cron!r} is not a valid schedule: {reason}")
+    assert "pydantic" not in err and "http" not in err
+
+
+def test_schedule_collisions_setting_is_validated_and_becomes_the_limit():
+    from prefect.client.schemas.objects import ConcurrencyLimitStrategy
+
+    from flows.config import load_config
+    from flows.serve import concurrency_limit, deployment_parameters
+
+    assert load_config().pipeline.schedule_collisions == "cancel_new"
+    with pytest.raises(ConfigError, match=r"pipeline.schedule_collisions='drop'.*'enqueue'"):
+        load_config(overrides=["pipeline.schedule_collisions=drop"])
+    plan = deployment_parameters(None, ["pipeline.schedule_collisions=enqueue"])
+    assert plan.collisions == "enqueue"
+    assert plan.parameters == {
+        "config_file": None,
+        "overrides": ["pipeline.schedule_collisions=enqueue"],
+    }
+    limit = concurrency_limit(plan.collisions)
+    assert (limit.limit, limit.collision_strategy) == (1, ConcurrencyLimitStrategy.ENQUEUE)
+    assert concurrency_limit("cancel_new").collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
 
 
 def test_serve_refuses_without_a_reachable_server():
@@ -54,7 +85,7 @@ def test_serve_refuses_without_a_reachable_server():
     with temporary_settings(updates={PREFECT_API_URL: None}):
         with pytest.raises(PipelineError, match=r"cannot schedule.*prefect server start"):
             check_server()
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     with pytest.raises(PipelineError, match=rf"127.0.0.1:{port}/api: no healthy Prefect server"):
         check_server(f"http://127.0.0.1:{port}/api", timeout=2)
 
@@ -67,69 +98,11 @@ def test_serve_validates_the_config_before_registering(capsys):
     assert rc == 2 and err.count("\n") == 0 and "train.epochs=0" in err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(tmp: Path, api_url: str | None) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp / "prefect-home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-        "DO_NOT_TRACK": "true",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "AEVB_MLFLOW_DIR": str(tmp / "mlflow"),
-        "PYTHONPATH": str(REPO),
-    }
-    for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PREFECT_RESULTS_LOCAL_STORAGE_PATH"):
-        env.pop(key, None)
-    if api_url:
-        env["PREFECT_API_URL"] = api_url
-    return env
-
-
 @pytest.fixture()
 def prefect_server(tmp_path):
     """`prefect server start` on a free loopback port with a temp home; stopped afterwards."""
-    import httpx
-
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-         str(port)],
-        env=_env(tmp_path, None), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(
-                    f"prefect server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}"
-                )
-            time.sleep(1)
-        print("TIMING server up", time.monotonic() - deadline + 180, flush=True)
+    with start_prefect_server(tmp_path) as url:
         yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
 
 
 def _run(cmd: list[str], env: dict[str, str], timeout: float) -> str:
@@ -150,7 +123,7 @@ def test_scheduled_retraining_on_a_real_server(prefect_server, tmp_path):
     from prefect.states import Scheduled
 
     T0 = time.monotonic()
-    env = _env(tmp_path, prefect_server)
+    env = server_env(tmp_path, prefect_server)
     root = str(tmp_path / "data")
     out = _run(
         [sys.executable, "-m", "flows.cli", "serve", "--cron", "0 3 * * *", "--register-only",

@@ -156,3 +156,52 @@ def test_two_workers_agree_and_match_the_single_process_run(tmp_path):
     assert (
         max(float(np.abs(a - b).max()) for a, b in zip(w0, single_w, strict=True)) > 0
     )  # really two runs
+
+
+def test_train_strategy_is_validated():
+    from models.config import TrainConfig
+
+    assert TrainConfig().strategy == "default"
+    assert TrainConfig(strategy="multi_worker").strategy == "multi_worker"
+    with pytest.raises(ConfigError, match=r"train.strategy='ring' is not allowed.*'multi_worker'"):
+        TrainConfig(strategy="ring")
+    with pytest.raises(ConfigError, match=r"train.strategy='mirrored' trains train.theta='map'"):
+        TrainConfig(strategy="mirrored", theta="full_vb")
+
+
+def test_multi_worker_without_tf_config_says_how_to_set_it(monkeypatch):
+    from models.distributed import strategy_for
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match=r"train.strategy='multi_worker' needs the TF_CONFIG"):
+        strategy_for("multi_worker")
+
+
+def test_run_keys_of_default_strategy_runs_are_unchanged():
+    """The new setting at its default leaves existing checkpoint folders (run keys) valid."""
+    import dataclasses
+    import hashlib
+
+    from models.config import ModelConfig, TrainConfig, to_dict
+    from tasks.train import run_key
+
+    model, train = ModelConfig(), TrainConfig()
+    old = {k: v for k, v in to_dict(train).items() if k != "strategy"}
+    blob = json.dumps(
+        {"model": to_dict(model), "train": old, "dataset": "d", "version": "v"}, sort_keys=True
+    )
+    assert run_key(model, train, "d", "v") == hashlib.sha256(blob.encode()).hexdigest()[:16]
+    other = dataclasses.replace(train, strategy="multi_worker")
+    assert run_key(model, other, "d", "v") != run_key(model, train, "d", "v")
+
+
+def test_handshake_agrees_with_itself_and_carries_the_chief_value():
+    """One process (default strategy, one replica): the token agrees and the chief's value
+    comes back. Disagreement needs two workers: the loopback CLI test covers it."""
+    import tensorflow as tf
+
+    from models.distributed import handshake
+
+    strategy = tf.distribute.get_strategy()
+    assert handshake(strategy, "run-key|epoch=3", 1.0) == (True, 1.0)
+    assert handshake(strategy, "run-key|epoch=3", 0.0) == (True, 0.0)

@@ -101,8 +101,8 @@ def test_held_out_rows_prefers_the_test_split_and_caps_the_count(data_root):
     from tasks.store.readers import read_split
 
     version = write_dataset(data_root, "plotdata", rows={C.TRAIN: 30, C.VALID: 9, C.TEST: 7})
+    from tasks.run_records import held_out_rows
     from tasks.store.datasets import load_manifest
-    from tasks.train import held_out_rows
 
     x, labels = held_out_rows(data_root, load_manifest(data_root, "plotdata", version), max_rows=5)
     _, x_test, labels_test = read_split(data_root, "plotdata", version, C.TEST)
@@ -114,8 +114,8 @@ def test_held_out_rows_falls_back_to_valid_when_test_is_empty(data_root):
     from tasks.store.readers import read_split
 
     version = write_dataset(data_root, "notest", rows={C.TRAIN: 30, C.VALID: 9, C.TEST: 0})
+    from tasks.run_records import held_out_rows
     from tasks.store.datasets import load_manifest
-    from tasks.train import held_out_rows
 
     x, _ = held_out_rows(data_root, load_manifest(data_root, "notest", version))
     np.testing.assert_array_equal(x, read_split(data_root, "notest", version, C.VALID)[1])

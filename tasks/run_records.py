@@ -1,0 +1,83 @@
+"""What a training run records in MLflow besides its metrics: lineage tags (where the data came
+from, which Prefect flow run trained it) and the training plots (tasks/plots.py's PNGs on held-out
+rows, under plots/)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from models import constants as C
+from tasks import plots, tracking
+from tasks.logs import prefect_run
+from tasks.store import datasets, readers
+
+PLOTS_ARTIFACT = "plots"
+
+
+def held_out_rows(
+    data_root: str, manifest: datasets.DatasetManifest, max_rows: int = 2000
+) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``max_rows`` (x [N, D] model space, labels [N]) from the test split, else valid/train."""
+    for split in (C.TEST, C.VALID, C.TRAIN):
+        xs, labels, rows = [], [], 0
+        for _, x, lab in readers.iter_batches(
+            data_root, manifest.name, manifest.version, split, 500
+        ):
+            xs.append(x[: max_rows - rows])
+            labels.append(lab[: max_rows - rows])
+            rows += len(xs[-1])
+            if rows >= max_rows:
+                break
+        if rows:
+            return np.concatenate(xs), np.concatenate(labels)
+    raise ValueError(f"dataset {manifest.name}@{manifest.version} has no rows")  # ingest forbids it
+
+
+def log_training_plots(
+    run_id: str,
+    vae,
+    data_root: str,
+    manifest: datasets.DatasetManifest,
+    history: list[dict[str, float]],
+    seed: int = 0,
+) -> list[str]:
+    """Render tasks/plots.py's PNGs for a trained VAE on held-out rows and log them under plots/."""
+    x, labels = held_out_rows(data_root, manifest)
+    with tempfile.TemporaryDirectory(prefix="aevb-plots-") as tmp:
+        paths = plots.write_training_plots(vae, x, labels, history, tmp, seed=seed)
+        tracking.log_artifacts(run_id, tmp, PLOTS_ARTIFACT)
+    return [f"{PLOTS_ARTIFACT}/{os.path.basename(p)}" for p in paths]
+
+
+def lineage_tags(root: str, m: datasets.DatasetManifest) -> dict[str, str]:
+    """Where the data came from and which Prefect flow run trained the model (both ways: the
+    pipeline's Prefect artifact links back to this run). Tags are refreshed on resume."""
+    uri = datasets.version_dir(root, m.name, m.version)
+    tags = {
+        "aevb.dataset_uri": uri,  # local path or s3://... of the dataset version
+        "aevb.data_root": root,
+        "aevb.dataset_source": str((m.source or {}).get("uri", "")),
+        "aevb.package_version": _package_version(),
+    }
+    run = prefect_run()
+    if run:
+        tags.update({f"aevb.prefect.{k}": v for k, v in run.items() if v})
+        link = f" ([open]({run['flow_run_url']}))" if run.get("flow_run_url") else ""
+        tags["mlflow.note.content"] = (
+            f"Trained by Prefect flow run `{run['flow_run_name']}` of `{run['flow_name']}` "
+            f"(id {run['flow_run_id']}){link} on dataset `{m.name}` version `{m.version}` at "
+            f"`{uri}`."
+        )
+    return tags
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("aevb-pipeline")
+    except PackageNotFoundError:
+        return "unknown"
