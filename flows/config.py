@@ -94,9 +94,10 @@ class DataSection:
                 f"data.options={self.options!r} must be a table of reader options, e.g. "
                 '{id_column = "id", label_column = "label"} (see `aevb ingest --help`)'
             )
-        from tasks.sources import check_options
+        if self.options:  # (the readers' module imports numpy: not for an empty table)
+            from tasks.sources import check_options
 
-        check_options(self.options, "data.options.")
+            check_options(self.options, "data.options.")
         if self.shards and self.name is None:
             raise ConfigError("data.shards needs data.name: the dataset the shards become")
         if not isinstance(self.source, str) or not self.source.strip():

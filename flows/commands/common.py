@@ -96,3 +96,27 @@ def data_overrides(source: str | None, name: str | None, data_root: str | None) 
 
 def comma_list(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def section_with_flags(args: argparse.Namespace, section: str, flags: dict[str, object]):
+    """The config ``section`` with the given flags laid over the file and overrides (flags win).
+
+    A bad value given as a flag is reported as that flag (``--log-px-samples=-1 ...``), not as
+    the config key it became (``score.log_px_samples=-1``)."""
+    from flows.config import load_config
+    from models.errors import ConfigError
+
+    given = {k: v for k, v in flags.items() if v is not None}
+    as_toml = [
+        f"{section}.{k}={str(v).lower() if isinstance(v, bool) else repr(v)}"
+        for k, v in given.items()
+    ]
+    try:
+        return getattr(load_config(args.config, [*(args.overrides or []), *as_toml]), section)
+    except ConfigError as exc:
+        message = str(exc)
+        for key in given:
+            if message.startswith(f"{section}.{key}="):
+                flag = "--" + key.replace("_", "-")
+                raise ConfigError(flag + message[len(section) + 1 + len(key) :]) from exc
+        raise

@@ -60,8 +60,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def validate(args: argparse.Namespace) -> dict[str, Any]:
     """Check every argument (no flow, no training yet); returns the flow's keyword arguments."""
-    from tasks.reproduce import EXPERIMENTS, check_dataset, full_settings, quick_settings
-
     mode = args.mode or "quick"
     if mode not in ("quick", "full"):
         raise ConfigError(f"reproduce --mode={mode!r}; choose 'quick' or 'full'")
@@ -75,6 +73,10 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"reproduce --seed={args.seed!r} must be an integer") from exc
     if not 0 <= seed < 2**31 - EVAL_SEED_ROOM:
         raise ConfigError(f"reproduce --seed={seed} must be in [0, {2**31 - EVAL_SEED_ROOM})")
+    overrides = parse_reproduce_overrides(list(getattr(args, "overrides", None) or []))
+    # (the experiments import TensorFlow: only once the plain arguments are fine)
+    from tasks.reproduce import EXPERIMENTS, check_dataset, full_settings, quick_settings
+
     names = None
     if args.experiments is not None:
         names = [n.strip() for n in args.experiments.split(",") if n.strip()]
@@ -84,7 +86,6 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
                 f"reproduce --experiments: unknown {unknown or 'empty list'}; "
                 f"choose from {', '.join(EXPERIMENTS)}"
             )
-    overrides = parse_reproduce_overrides(list(getattr(args, "overrides", None) or []))
     make = quick_settings if mode == "quick" else full_settings
     try:
         make(seed=seed, dataset=args.dataset, **overrides)  # the settings' own checks

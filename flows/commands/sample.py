@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.commands.common import HelpFormatter, config_args, data_root_arg
+from flows.commands.common import HelpFormatter, config_args, data_root_arg, section_with_flags
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,21 +49,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def check(args: argparse.Namespace):
     """Settings (flags over the [sample] section), then the registry entry (nothing downloaded
     yet); returns the sample settings."""
-    from flows.config import load_config
     from tasks import tracking
 
-    flags = {
-        "num_samples": args.num_samples,
-        "seed": args.seed,
-        "draws": args.draws,
-        "manifold_size": args.manifold_size,
-    }
-    given = [
-        f"sample.{k}={str(v).lower() if isinstance(v, bool) else v}"
-        for k, v in flags.items()
-        if v is not None
-    ]
-    s = load_config(args.config, [*(args.overrides or []), *given]).sample  # flags win
+    s = section_with_flags(
+        args,
+        "sample",
+        {
+            "num_samples": args.num_samples,
+            "seed": args.seed,
+            "draws": args.draws,
+            "manifold_size": args.manifold_size,
+        },
+    )
     tracking.parse_model_uri(args.model)
     tracking.find_model(args.model)
     return s

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import argparse
 
-from flows.commands.common import HelpFormatter, comma_list, config_args, data_root_arg
+from flows.commands.common import (
+    HelpFormatter,
+    comma_list,
+    config_args,
+    data_root_arg,
+    section_with_flags,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,18 +51,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def check(args: argparse.Namespace):
     """Settings (flags over the [score] section), then the dataset version, then the registry
     entry (nothing downloaded yet); returns the score settings."""
-    from flows.config import load_config
     from tasks import tracking
     from tasks.store import datasets
 
-    flags = {
-        "splits": list(comma_list(args.splits)) if args.splits is not None else None,
-        "batch_size": args.batch_size,
-        "log_px_samples": args.log_px_samples,
-        "seed": args.seed,
-    }
-    given = [f"score.{k}={v!r}" for k, v in flags.items() if v is not None]
-    s = load_config(args.config, [*(args.overrides or []), *given]).score  # flags win
+    s = section_with_flags(
+        args,
+        "score",
+        {
+            "splits": list(comma_list(args.splits)) if args.splits is not None else None,
+            "batch_size": args.batch_size,
+            "log_px_samples": args.log_px_samples,
+            "seed": args.seed,
+        },
+    )
     tracking.parse_model_uri(args.model)
     datasets.load_manifest(args.data_root, args.dataset, args.version)
     tracking.find_model(args.model)

@@ -3,18 +3,37 @@ written up as a report: experiments.py (the runs), settings.py (quick/full budge
 (PNG figures), report.py (report.md, results.json/csv, the MLflow run).
 """
 
-from tasks.reproduce.experiments import (
-    EXPERIMENTS,
-    check_dataset,
-    experiment_task,
-    load_arrays,
-    log_report_task,
-    run_experiment,
-    write_report_task,
-)
-from tasks.reproduce.report import EXPERIMENT, log_report, render_markdown, write_report
-from tasks.reproduce.settings import DATA_NOTES, ReproduceSettings, full_settings, quick_settings
-from tasks.reproduce.summary import summarize
+import importlib
+from typing import Any
+
+# Names are loaded on first use (PEP 562): the experiments import TensorFlow, and the CLI checks
+# its arguments (tasks.reproduce.settings) before anything heavy is imported.
+_WHERE = {
+    **dict.fromkeys(
+        (
+            "EXPERIMENTS",
+            "check_dataset",
+            "experiment_task",
+            "load_arrays",
+            "log_report_task",
+            "run_experiment",
+            "write_report_task",
+        ),
+        "experiments",
+    ),
+    **dict.fromkeys(("EXPERIMENT", "log_report", "render_markdown", "write_report"), "report"),
+    **dict.fromkeys(
+        ("DATA_NOTES", "ReproduceSettings", "full_settings", "quick_settings"), "settings"
+    ),
+    "summarize": "summary",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'tasks.reproduce' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"tasks.reproduce.{_WHERE[name]}"), name)
+
 
 __all__ = [
     "DATA_NOTES",

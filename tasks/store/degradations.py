@@ -49,7 +49,7 @@ def make_spec(
     block: int = 0,
 ) -> Any:
     """The `DegradationSpec` of a kind, with this stage's defaults filled in."""
-    from models.degradations import DegradationSpec
+    from models.degradation_spec import DegradationSpec
 
     kind = degradation_kind(kind)
     lo, hi = value_range

@@ -187,7 +187,22 @@ CASES = [
     ("pipeline-retry-inf", ["pipeline", "pipeline.retry_delay_seconds=inf"], r"pipeline.retry_delay_seconds=inf must be a finite", {}),
     ("pipeline-no-valid-split", ["pipeline", "data.valid_fraction=0"], r"data.valid_fraction=0 leaves no validation split", {}),
     ("pipeline-no-test-split", ["pipeline", "data.test_fraction=0"], r"evaluate.split='test' but data.test_fraction=0", {}),
-    # --- datasets, models, serve, reproduce
+    # --- score, sample
+    ("score-bad-uri", ["score", "--model", "bogus", "--dataset", "digits"], r"--model='bogus': use models:/NAME@ALIAS", {}),
+    ("score-missing-dataset", ["score", "--model", MODEL, "--dataset", "nosuch"], r"dataset 'nosuch' not found", {}),
+    ("score-k-negative", ["score", "--model", MODEL, "--dataset", "digits", "--log-px-samples", "-1"],
+     r"--log-px-samples=-1 must be an integer >= 0", {}),
+    ("score-unknown-split", ["score", "--model", MODEL, "--dataset", "digits", "--splits", "bogus"],
+     r"--splits=\['bogus'\]; choose from train, valid, test", {}),
+    ("score-unknown-model", ["score", "--model", MODEL, "--dataset", "digits"], r"no such registered model version", {}),
+    ("sample-bad-uri", ["sample", "--model", "runs:/abc/../../x"], r"--model='runs:/abc/../../x': use", {}),
+    ("sample-zero", ["sample", "--model", MODEL, "-n", "0"], r"--num-samples=0 must be an integer in \[1, 100,000\]", {}),
+    ("sample-manifold", ["sample", "--model", MODEL, "--manifold-size", "1000"], r"--manifold-size=1000 must be an integer in \[2, 50\]", {}),
+    # --- datasets, models, config, lock, serve, deploy, reproduce
+    ("config-preset", ["config", "show", "--preset", "nope"], r"--preset='nope' is not allowed; choose one of", {}),
+    ("lock-release-no-model", ["lock", "release"], r"give the MODEL whose lock to free", {}),
+    ("deploy-interval-nan", ["deploy", "--interval", "nan"], r"argument --interval: 'nan' is not a finite", {}),
+    ("deploy-bad-cron", ["deploy", "--cron", "bogus"], r"--cron 'bogus' is not a valid schedule: has 1 field", {}),
     ("datasets-name-traversal", ["datasets", "show", "../.."], r"invalid dataset name '../..'", {}),
     ("datasets-version-traversal", ["datasets", "show", "digits", "--version", "../.."], r"invalid dataset version '../..'", {}),
     ("datasets-no-name", ["datasets", "show"], r"needs a dataset NAME", {}),

@@ -119,9 +119,12 @@ def test_latent_table_has_a_row_per_input_and_encoder_values(pipeline_run):
         [C.COL_ID, C.COL_SPLIT, C.COL_LABEL]
         + [f"z_mean_{i}" for i in range(4)]
         + [f"z_std_{i}" for i in range(4)]
+        + ["elbo"]  # the per-row anomaly score export always writes
     )
     assert list(df.columns) == expected
     assert (df[[f"z_std_{i}" for i in range(4)]].to_numpy() > 0).all()
+    # Bernoulli log-likelihood of values in [0, 1] is <= 0 and KL >= 0: every ELBO is <= 0
+    assert np.isfinite(df["elbo"]).all() and (df["elbo"] <= 0).all()
     root = str(pipeline_run["root"])
     ids, x, labels = readers.read_split(root, "digits", None, C.TEST)
     assert set(df.loc[df[C.COL_SPLIT] == C.TEST, C.COL_ID]) == set(ids)
