@@ -48,11 +48,24 @@ def test_corrupt_then_restore_prints_the_psnr_table(aevb, env, capsys):
     assert aevb(argv) == 0
     out = capsys.readouterr().out
     assert "restored 360 rows of cli-holes (inpaint)" in out
-    lines = [ln.split() for ln in out.splitlines() if ln.strip().startswith(("valid", "test"))]
-    assert [ln[0] for ln in lines] == ["test", "valid"]
-    for ln in lines:  # restored PSNR beats the mean-imputation baseline printed beside it
-        assert float(ln[1]) > float(ln[3])
-    path = os.path.join(env["root"], "restored", "cli-holes", "aevb-digits", "v1", "amortized")
+    heads = [ln.split()[0] for ln in out.splitlines() if ln.strip().endswith("PSNR dB        MSE")]
+    assert heads == ["test", "valid"]
+    rows = {}  # per split: the model's, each baseline's and the margin's PSNR as printed
+    for ln in out.splitlines():
+        if ln.strip().endswith("PSNR dB        MSE"):
+            split = rows.setdefault(ln.split()[0], {})
+        elif ln.startswith("    "):
+            name, psnr = ln[4:36].strip(), float(ln[36:46])
+            split[name] = psnr
+    for split in rows.values():
+        names = ["mean imputation", "nearest neighbour", "harmonic", "biharmonic"]
+        assert list(split) == ["amortized (the model)", *names, "margin over the best baseline"]
+        best = max(split[n] for n in names)
+        margin = split["margin over the best baseline"]
+        assert margin == pytest.approx(split["amortized (the model)"] - best, abs=0.011)
+    assert "<- best baseline" in out and "(negative: the baseline wins)" in out
+    path = os.path.join(env["root"], "restored", "cli-holes", "aevb-digits", "v1",
+                        "amortized-splits-valid-test")  # fmt: skip
     assert sorted(os.listdir(path)) == ["part-test-00000.parquet", "part-valid-00000.parquet"]
     assert os.path.isfile(f"{path}.manifest.json")
 

@@ -85,6 +85,12 @@ def test_harmonic_fill_of_flat_features_interpolates_linearly_between_observed_e
     np.testing.assert_allclose(RB.laplace_fill(y, np.zeros_like(m), (5,), fill=0.5), 0.5)
 
 
+def test_mean_imputation_fills_missing_with_observed_feature_means():
+    y = np.array([[1.0, 2.0], [3.0, 0.0], [0.0, 6.0]])
+    mask = np.array([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    np.testing.assert_allclose(RB.mean_impute(y, mask), [[1, 2], [3, 4], [2, 6]])
+
+
 def test_nearest_fill_copies_the_closest_observed_pixel():
     img = np.arange(16.0).reshape(4, 4)
     mask = np.ones((4, 4))
@@ -97,9 +103,9 @@ def test_nearest_fill_copies_the_closest_observed_pixel():
 @pytest.mark.parametrize(
     "kind, names",
     [
-        ("gaussian", ["noisy input", "median 3x3", "adaptive median", "Wiener 3x3"]),
+        ("gaussian", ["clipped noisy input", "median 3x3", "adaptive median", "Wiener 3x3"]),
         ("salt_pepper", ["corrupted input", "median 3x3", "adaptive median"]),
-        ("inpaint", ["nearest neighbour", "harmonic", "biharmonic"]),
+        ("inpaint", ["mean imputation", "nearest neighbour", "harmonic", "biharmonic"]),
         ("superres", ["nearest upsampling", "bilinear upsampling", "bicubic upsampling"]),
     ],
 )
