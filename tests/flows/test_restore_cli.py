@@ -135,3 +135,34 @@ def test_a_shape_mismatch_found_inside_the_flow_is_still_exit_2(aevb, env, capsy
     assert last.startswith("aevb restore: error: dataset 'cli-4x4': feature_shape [4, 4]")
     assert "use a model trained on the clean dataset" in last
     assert _restored(env) == before
+
+
+def test_evaluate_hmc_on_a_model_with_too_many_latents_is_refused_before_any_work(
+    aevb, env, capsys
+):
+    """The App. D estimator needs latent_dim <= 5; the 8-D model is refused by the verb's check()
+    from the run's logged parameters: no download, no flow, nothing logged."""
+    import argparse
+
+    from flows.commands import evaluate
+    from models.errors import ConfigError
+    from models.hmc_estimator import MAX_LATENT_DIM
+    from tasks import tracking
+
+    assert evaluate.HMC_MAX_LATENT_DIM == MAX_LATENT_DIM  # spelled in the verb: no TF import
+    before = tracking.client().get_run(env["run_id"]).data.metrics
+    argv = ["evaluate", "--model", env["uri"], "--dataset", "digits", "--method", "hmc"]
+    assert aevb(argv) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("aevb evaluate: error: ")
+    assert "latent_dim <= 5" in err[0] and "latent_dim 8" in err[0] and "--method is" in err[0]
+    assert tracking.client().get_run(env["run_id"]).data.metrics == before
+    args = argparse.Namespace(
+        model=env["uri"], dataset="digits", version=None, split="test", num_samples=10,
+        batch_size=10, seed=0, method="hmc", max_points=None, num_chains=None,
+        num_steps=None, leapfrog_steps=None, burnin=None, data_root=env["root"],
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="latent_dim"):
+        evaluate.check(args)
+    args.method = "ais"  # AIS has no such limit: check() passes
+    assert evaluate.check(args) == {}
