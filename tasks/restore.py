@@ -3,12 +3,18 @@
 `restore_dataset(model_uri, "digits-inpaint", "map")` streams a degraded dataset (made by
 `aevb corrupt`, which records the degradation and the clean reference; or any dataset with
 ``kind=`` given) through `models.restoration.Restorer` batch by batch and publishes the restored
-table (layout and schema: tasks/store/tables.py). With a clean reference it scores every row:
-PSNR (dB, peak = the clean value range) and MSE, averaged over rows per split, beside a baseline
-that needs no model - the degraded input itself (denoise, salt-pepper), mean imputation from the
-batch's observed entries (inpaint) or nearest-neighbour upsampling (superres). The numbers are
-returned, printed by the CLI, stored in the manifest and logged to the model's MLflow run as
-`<split>_restore_<kind>_<method>_{psnr,mse,baseline_psnr,baseline_mse}`.
+table (layout and schema: tasks/store/tables.py). The table's folder is named by the method and
+every non-default setting that changes its result (`tasks.restore_plan.variant`: `map`,
+`map-estimate-noise`, `mwg-iter400`, ...), so restorations with other settings never overwrite each
+other. With a clean reference it scores every row: PSNR (dB, peak = the clean value range) and
+MSE, averaged over rows per split, beside strong model-free baselines
+(models/restoration_baselines.py: median and adaptive median filters, Wiener, nearest/harmonic/
+biharmonic fill, bilinear/bicubic upsampling), the best of them and the honest margin
+(tasks/restore_scores.py; negative where a baseline wins). The numbers are returned, printed by
+the CLI, stored in the manifest and logged to the model's MLflow run as
+`<split>_restore_<kind>_<variant>_<quantity>`; a before/after PNG (degraded | restored | clean) and
+one of the best baseline go beside the table and into the run. Metropolis-within-Gibbs with a low
+acceptance rate warns (log line, printed, MLflow tag).
 
 `decode_latents(model_uri, TABLE)` decodes an exported latent table's z_mean rows back to data
 space (x = E[x | z]) as a restored table under `.../from-latents/`, so exported codes are directly
@@ -18,6 +24,7 @@ version and settings -> no-op); memory is bounded by one batch.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -31,19 +38,11 @@ from prefect.cache_policies import NO_CACHE
 
 from models import constants as C
 from models.errors import ConfigError, ModelError
-from tasks import plots, tracking
+from tasks import plots, restore_scores, tracking
 from tasks.logs import ProgressLogger, logger
-from tasks.restore_plan import METHODS, RestoreSettings, build_spec, plan
+from tasks.restore_plan import METHODS, RestoreSettings, build_spec, plan, variant
 from tasks.store import datasets, fs, publish, readers, tables
 from tasks.store.degradations import cli_kind
-
-QUANTITIES = ("psnr", "mse", "baseline_psnr", "baseline_mse")
-BASELINES = {
-    "gaussian": "noisy input",
-    "salt_pepper": "corrupted input",
-    "inpaint": "mean imputation",
-    "superres": "nearest-neighbour upsampling",
-}
 
 
 @dataclass(frozen=True)
@@ -58,16 +57,21 @@ class RestoreOutput:
     dataset_version: str
     created: bool
     metrics: dict[str, float] = field(default_factory=dict)
-    baseline: str | None = None
+    baseline: str | None = None  # the best baseline (highest PSNR)
     diagnostics: dict[str, float] = field(default_factory=dict)
     picture: str | None = None  # before/after PNG beside the table
     picture_artifact: str | None = None  # the same PNG in the model's MLflow run
+    baselines: list[str] = field(default_factory=list)  # every baseline scored, in table order
+    warnings: list[str] = field(default_factory=list)
+    baseline_picture: str | None = None  # degraded | best baseline | clean, beside the table
 
     @classmethod
     def of(cls, manifest: dict[str, Any], created: bool, out: dict[str, Any]) -> RestoreOutput:
         """From a published table's manifest and the request's fields (``out``)."""
-        extra = {k: manifest[k] for k in ("metrics", "baseline", "diagnostics") if k in manifest}
-        return cls(rows=manifest["rows"], created=created, **extra, **out)
+        keys = ("metrics", "baseline", "diagnostics", "baselines")
+        extra = {k: manifest[k] for k in keys if k in manifest}
+        warnings = restore_scores.warnings_of(manifest.get("diagnostics", {}), out["method"])
+        return cls(rows=manifest["rows"], created=created, warnings=warnings, **extra, **out)
 
 
 def load_model(model_uri: str) -> tuple[tracking.ResolvedModel, Any]:
@@ -97,7 +101,8 @@ def restore_dataset(
     resolved = tracking.resolve_model(model_uri)
     name, mversion = model_key(resolved)
     degraded, kind = p["degraded"], p["kind"]
-    final = tables.restored_table_path(p["root"], degraded.name, name, mversion, method)
+    folder = variant(method, kind, s, tuple(splits), mask)
+    final = tables.restored_table_path(p["root"], degraded.name, name, mversion, folder)
     # With the model version fixed, these determine the spec and hence the table.
     key = {
         "dataset_version": degraded.version,
@@ -106,6 +111,7 @@ def restore_dataset(
         "kind": kind,
         "settings": _jsonable(s),
         "mask": p["mask"] and p["mask"].version,
+        "scoring": restore_scores.SCORING_VERSION,  # tables scored by older baselines are redone
     }
     out = {"path": final, "method": method, "kind": cli_kind(kind), "model_uri": model_uri,
            "model_version": resolved.version, "dataset": degraded.name,
@@ -114,10 +120,12 @@ def restore_dataset(
     if done:
         publish.sweep(final)  # stages of killed restorations go even when nothing is to do
         logger().info("restore: %s already holds this restoration; nothing to do", final)
-        picture = picture_path(final)
-        return RestoreOutput.of(
-            done, False, {**out, "picture": picture if fs.exists(picture) else None}
+        pictures = {k: picture_path(final, k) for k in ("picture", "baseline_picture")}
+        result = RestoreOutput.of(
+            done, False, {**out, **{k: v if fs.exists(v) else None for k, v in pictures.items()}}
         )
+        restore_scores.log_warnings(result.warnings)
+        return result
     from models.restoration import Restorer
     from models.saved import load_vae
 
@@ -147,56 +155,80 @@ def restore_dataset(
     sample: dict[str, list[np.ndarray]] = {}
     fill = _restore_fill(p, spec, restorer, METHODS[method], splits, s, schema, sample)
     doc = tables.publish_table(final, _manifest_of(schema, fill))
-    run_id = resolved.run_id if log_to_mlflow else None
-    if run_id and doc["metrics"]:
-        tracking.log_metrics(run_id, mlflow_metrics(doc["metrics"], kind, method))
     logger().info("restore: wrote %d rows to %s %s", doc["rows"], final, doc["metrics"])
-    picture, artifact = before_after_picture(final, sample, p, spec, method, run_id)
-    return RestoreOutput.of(doc, True, {**out, "picture": picture, "picture_artifact": artifact})
+    run_id = resolved.run_id if log_to_mlflow else None
+    return _report(RestoreOutput.of(doc, True, out), sample, p, spec, folder, run_id)
+
+
+def _report(result: RestoreOutput, sample, p, spec, folder: str, run_id) -> RestoreOutput:
+    """Warn, log metrics and tags to the model's run, draw the before/after pictures."""
+    restore_scores.log_warnings(result.warnings)
+    if run_id:
+        restore_scores.log_to_run(run_id, result, f"restore_{p['kind']}_{folder}".replace("-", "_"))
+    picture, artifact = before_after_picture(result.path, sample, p, spec, folder, run_id)
+    extra = {"picture": picture, "picture_artifact": artifact}
+    if result.baseline is not None:
+        rows = _baseline_rows(sample, spec, result.baseline)
+        drawn = before_after_picture(result.path, rows, p, spec, folder, run_id, result.baseline)
+        extra["baseline_picture"] = drawn[0]
+    return dataclasses.replace(result, **extra)
 
 
 PICTURE_ROWS = 8
 
 
-def picture_path(final: str) -> str:
-    """The before/after PNG beside the restored table (the table folder holds Parquet only)."""
-    return f"{final}.before-after.png"
+def picture_path(final: str, which: str = "picture") -> str:
+    """The before/after PNG (``which="picture"``) or the best baseline's (``"baseline_picture"``)
+    beside the restored table (the table folder holds Parquet only)."""
+    return f"{final}.before-after.png" if which == "picture" else f"{final}.baseline.png"
 
 
-def before_after_picture(final, sample, p, spec, method, run_id) -> tuple[str | None, str | None]:
-    """Draw the first rows (degraded | restored | clean), publish the PNG beside the table and
-    log it to the model's MLflow run under restore/<degraded dataset>/; (path, artifact URI)."""
+def _baseline_rows(sample, spec, name: str) -> dict[str, list[np.ndarray]]:
+    """The picture's rows with the best baseline's restoration in place of the model's."""
+    from models.restoration_baselines import baselines
+
+    if not sample.get("restored"):
+        return {}
+    y = np.concatenate(sample["degraded"])
+    mask = np.concatenate(sample["mask"]) if sample.get("mask") else None
+    return {**sample, "restored": [baselines(spec)[name](y, mask)]}
+
+
+def before_after_picture(
+    final, sample, p, spec, label, run_id, baseline: str | None = None
+) -> tuple[str | None, str | None]:
+    """Draw the first rows (degraded | restored | clean; restored by ``baseline`` when given),
+    publish the PNG beside the table and log it to the model's MLflow run under
+    restore/<degraded dataset>/; (path, artifact URI)."""
     if not sample.get("restored"):
         return None, None
     degraded, restored = (np.concatenate(sample[k]) for k in ("degraded", "restored"))
     clean = np.concatenate(sample["clean"]) if sample.get("clean") else None
     mask = np.concatenate(sample["mask"]) if sample.get("mask") else None
+    path = picture_path(final, "baseline_picture" if baseline else "picture")
+    name = f"{label}.baseline.png" if baseline else f"{label}.png"
+    title = f"baseline: {baseline}" if baseline else label
     artifact = None
     with tempfile.TemporaryDirectory(prefix="aevb-restore-") as tmp:
-        local = os.path.join(tmp, f"{method}.png")
+        local = os.path.join(tmp, name)
         shapes = (p["degraded"].feature_shape, spec.feature_shape)
-        plots.plot_restoration(degraded, restored, clean, *shapes, local, method, mask=mask)
+        plots.plot_restoration(degraded, restored, clean, *shapes, local, title, mask=mask)
         with open(local, "rb") as fh:
-            publish.write_atomic(picture_path(final), fh.read())
+            publish.write_atomic(path, fh.read())
         if run_id:
             folder = f"restore/{p['degraded'].name}"
             tracking.log_artifact(run_id, local, folder)
-            artifact = f"runs:/{run_id}/{folder}/{method}.png"
-    logger().info("restore: before/after picture %s", picture_path(final))
-    return picture_path(final), artifact
+            artifact = f"runs:/{run_id}/{folder}/{name}"
+    logger().info("restore: %s picture %s", "baseline" if baseline else "before/after", path)
+    return path, artifact
 
 
 def _restore_fill(p, spec, restorer, method, splits, s, schema, sample) -> Callable:
     import tensorflow as tf
 
-    from models.degradations import mean_impute, mse, psnr, upsample_nearest
+    from models.restoration_baselines import baselines
 
-    def baseline(y, mask):
-        if spec.kind == "inpaint":
-            return mean_impute(y, mask)
-        if spec.kind == "superres":
-            return upsample_nearest(y, spec.feature_shape, spec.factor)
-        return y
+    fns = baselines(spec)
 
     def keep_for_picture(y, x, clean, mask) -> None:
         room = PICTURE_ROWS - sum(len(a) for a in sample.get("restored", []))
@@ -209,7 +241,7 @@ def _restore_fill(p, spec, restorer, method, splits, s, schema, sample) -> Calla
         total = sum(p["degraded"].rows.get(split, 0) for split in splits)
         progress = ProgressLogger(total, f"restore[{method}] {p['degraded'].name}")
         for split in splits:
-            sums = np.zeros(4)
+            scores = restore_scores.SplitScores(list(fns), spec.peak)
             n_split = 0
             with open_part(split) as writer:
                 for ids, y, labels, (mask, clean) in readers.iter_aligned(
@@ -225,19 +257,15 @@ def _restore_fill(p, spec, restorer, method, splits, s, schema, sample) -> Calla
                     keep_for_picture(y, x.numpy(), clean, mask)
                     progress.add(len(ids))
                     if clean is not None:
-                        b = baseline(tf.constant(y), mask)
-                        for i, (a, fn) in enumerate(((x, psnr), (x, mse), (b, psnr), (b, mse))):
-                            kw = {"peak": spec.peak} if fn is psnr else {}
-                            sums[i] += float(tf.reduce_sum(fn(a, clean, **kw)))
+                        scores.add(x.numpy(), {k: f(y, mask) for k, f in fns.items()}, clean)
                     n_split += len(ids)
             rows += n_split
-            if p["clean"] is not None and n_split:
-                for name, total in zip(QUANTITIES, sums, strict=True):
-                    metrics[f"{split}_{name}"] = float(total / n_split)
+            metrics.update(scores.metrics(split))
         return {
             "rows": rows,
             "metrics": metrics,
-            "baseline": BASELINES[spec.kind] if metrics else None,
+            "baseline": restore_scores.best_baseline(metrics, list(fns)),
+            "baselines": list(fns) if metrics else [],
             "diagnostics": {k: float(np.mean(v)) for k, v in diag.items()},
         }
 
@@ -285,15 +313,6 @@ def _jsonable(obj: Any) -> Any:
 
     doc = dataclasses.asdict(obj)
     return json.loads(json.dumps(doc, default=lambda v: list(v) if isinstance(v, tuple) else v))
-
-
-def mlflow_metrics(metrics: dict[str, float], kind: str, method: str) -> dict[str, float]:
-    """`<split>_<q>` -> `<split>_restore_<kind>_<method>_<q>` (kind/method in model names)."""
-    out = {}
-    for key, value in metrics.items():
-        split, quantity = key.split("_", 1)
-        out[C.metric_key(split, f"restore_{kind}_{METHODS[method]}_{quantity}")] = value
-    return out
 
 
 FROM_LATENTS = "from-latents"

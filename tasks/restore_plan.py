@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from models import constants as C
 from models.errors import ConfigError, DatasetError
 from tasks.logs import logger
 from tasks.store import datasets
@@ -50,6 +51,44 @@ class RestoreSettings:
             raise ConfigError(f"learning_rate={self.learning_rate} must be > 0")
         if self.noise_std is not None and not self.noise_std > 0:
             raise ConfigError(f"noise_std={self.noise_std} must be > 0")
+
+
+def variant(
+    method: str,
+    kind: str,
+    s: RestoreSettings,
+    splits: tuple[str, ...] = ("test",),
+    mask: str | None = None,
+) -> str:
+    """The output folder's name: the method, then every setting that changes its result and is not
+    the default, e.g. `map`, `map-estimate-noise`, `mwg-iter400-seed3`, `map-steps50-splits-valid-test`
+    (kind as in models.degradations). Restorations with other settings never share a folder."""
+    d, name = RestoreSettings(), METHODS.get(method, method)
+    tokens = [method]
+
+    def add(field: str, token: str) -> None:
+        value = getattr(s, field)
+        if value != getattr(d, field):
+            tokens.append(f"{token}{value:g}" if isinstance(value, float) else f"{token}{value}")
+
+    if name == "map":
+        add("map_steps", "steps")
+        add("learning_rate", "lr")
+        if kind == "gaussian" and s.estimate_noise:
+            tokens.append("estimate-noise")
+            add("batch_size", "batch")  # the estimated level is shared by a batch
+        elif kind in ("gaussian", "superres"):
+            add("noise_std", "sigma")
+    elif name in ("pseudo_gibbs", "mwg"):
+        add("iterations", "iter")
+        add("burn_in", "burn")
+        add("seed", "seed")
+        add("batch_size", "batch")  # each batch's chains get the seed (seed, batch number)
+    if tuple(splits) != (C.TEST,):
+        tokens.append("splits-" + "-".join(splits))
+    if mask is not None:
+        tokens.append(f"mask-{mask}")
+    return "-".join(tokens)
 
 
 def check_method(method: str, kind: str | None = None) -> str:

@@ -287,6 +287,12 @@ def log_params(run_id: str, params: Mapping[str, Any]) -> None:
 
 
 @_guarded
+def run_params(run_id: str) -> dict[str, str]:
+    """The parameters logged to a run (flattened keys such as `model.latent_dim`)."""
+    return dict(client().get_run(run_id).data.params)
+
+
+@_guarded
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
     ts = int(time.time() * 1000)
     batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None]

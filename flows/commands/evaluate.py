@@ -18,6 +18,9 @@ from models import constants as C
 from models.errors import ConfigError
 
 METHODS = ("is", "ais", "hmc")
+# models.hmc_estimator.MAX_LATENT_DIM, spelled here so that check() imports no TensorFlow (a test
+# asserts they are equal).
+HMC_MAX_LATENT_DIM = 5
 METHOD_HELP = (
     "is: importance sampling over the whole split (default); ais: annealed importance sampling "
     "cross-check on the first --max-points rows (default 20); hmc: the paper's App. D estimator "
@@ -132,8 +135,27 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
             f"dataset {manifest.name!r} version {manifest.version} has no {args.split} rows; "
             f"evaluate another split (--split) or re-ingest with a {args.split} fraction > 0"
         )
-    tracking.find_model(args.model)
+    found = tracking.find_model(args.model)
+    if args.method == "hmc":
+        check_hmc_latents(args.model, found.run_id if found else None)
     return options
+
+
+def check_hmc_latents(uri: str, run_id: str | None) -> None:
+    """The App. D estimator refuses latent_dim > HMC_MAX_LATENT_DIM only after loading the model,
+    streaming the rows and starting Prefect; the training run's logged `model.latent_dim` tells
+    now. Models without such a run (or parameter) are checked by the estimator itself."""
+    from tasks import tracking
+
+    kind, first, _ = tracking.parse_model_uri(uri)
+    run_id = run_id or (first if kind == "run" else None)
+    known = run_id is not None and tracking.run_exists(run_id)
+    latent = tracking.run_params(run_id).get("model.latent_dim") if known else None
+    if latent is not None and int(latent) > HMC_MAX_LATENT_DIM:
+        raise ConfigError(
+            f"--method hmc: the Appendix D estimator needs latent_dim <= {HMC_MAX_LATENT_DIM} and "
+            f"{uri} has latent_dim {latent}; use --method is (K=5000) or --method ais"
+        )
 
 
 def run(args: argparse.Namespace, options: dict[str, Any]) -> int:

@@ -30,8 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "restore",
         help="restore degraded inputs with a registry model as prior",
         description="Restore a degraded dataset with the model as the prior over x: a restored "
-        "table, PSNR/MSE against the clean reference and a model-free baseline, and a "
-        "before/after picture (degraded, restored, clean) logged to the model's MLflow run.",
+        "table in a folder named by the method and its non-default settings, PSNR/MSE against "
+        "the clean reference beside strong model-free baselines with the margin over the best, "
+        "and before/after pictures (degraded, restored, clean; the best baseline's) logged to the "
+        "model's MLflow run.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
@@ -171,24 +173,35 @@ def run(args: argparse.Namespace, checked: dict[str, Any]) -> int:
 
 
 def format_restore(out: Any) -> str:
+    """The restoration, then per split the model's PSNR/MSE beside every baseline's and the honest
+    margin against the best one (negative where a baseline wins), diagnostics, warnings, pictures."""
+    from models.restoration_baselines import slug
+
     head = (
         f"restored {out.rows} rows of {out.dataset} ({out.kind}) with {out.model_uri}, "
         f"method {out.method}{'' if out.created else ' [already up to date]'}\n  {out.path}"
     )
     lines = [head]
-    splits = sorted({k.split("_", 1)[0] for k in out.metrics})
-    if splits:
-        lines.append(f"  {'split':<6} {'PSNR dB':>8} {'MSE':>9}   baseline ({out.baseline})")
-        for s in splits:
-            m = {k.split("_", 1)[1]: v for k, v in out.metrics.items() if k.startswith(s + "_")}
-            lines.append(
-                f"  {s:<6} {m['psnr']:8.2f} {m['mse']:9.5f}   {m['baseline_psnr']:.2f} dB, "
-                f"MSE {m['baseline_mse']:.5f}"
-            )
+    for s in sorted({k.split("_", 1)[0] for k in out.metrics}):
+        m = {k.split("_", 1)[1]: v for k, v in out.metrics.items() if k.startswith(s + "_")}
+        lines.append(f"  {s + ' split':<34} {'PSNR dB':>8} {'MSE':>10}")
+        lines.append(f"    {out.method + ' (the model)':<32} {m['psnr']:8.2f} {m['mse']:10.5f}")
+        for name in out.baselines:
+            best = "  <- best baseline" if name == out.baseline else ""
+            b_psnr, b_mse = m[f"baseline_{slug(name)}_psnr"], m[f"baseline_{slug(name)}_mse"]
+            lines.append(f"    {name:<32} {b_psnr:8.2f} {b_mse:10.5f}{best}")
+        lines.append(
+            f"    {'margin over the best baseline':<32} {m['margin_psnr']:+8.2f} "
+            f"{m['margin_mse']:+10.5f}  (negative: the baseline wins)"
+        )
     for k, v in out.diagnostics.items():
         lines.append(f"  {k}: {v:.4g}")
+    for w in out.warnings:
+        lines.append(f"  warning: {w}")
     if out.picture:
         lines.append(f"  before/after picture (degraded | restored | clean): {out.picture}")
+    if out.baseline_picture:
+        lines.append(f"  the best baseline's picture ({out.baseline}): {out.baseline_picture}")
     if out.picture_artifact:
         lines.append(f"  logged to the model's MLflow run: {out.picture_artifact}")
     return "\n".join(lines)

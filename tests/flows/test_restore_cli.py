@@ -48,11 +48,24 @@ def test_corrupt_then_restore_prints_the_psnr_table(aevb, env, capsys):
     assert aevb(argv) == 0
     out = capsys.readouterr().out
     assert "restored 360 rows of cli-holes (inpaint)" in out
-    lines = [ln.split() for ln in out.splitlines() if ln.strip().startswith(("valid", "test"))]
-    assert [ln[0] for ln in lines] == ["test", "valid"]
-    for ln in lines:  # restored PSNR beats the mean-imputation baseline printed beside it
-        assert float(ln[1]) > float(ln[3])
-    path = os.path.join(env["root"], "restored", "cli-holes", "aevb-digits", "v1", "amortized")
+    heads = [ln.split()[0] for ln in out.splitlines() if ln.strip().endswith("PSNR dB        MSE")]
+    assert heads == ["test", "valid"]
+    rows = {}  # per split: the model's, each baseline's and the margin's PSNR as printed
+    for ln in out.splitlines():
+        if ln.strip().endswith("PSNR dB        MSE"):
+            split = rows.setdefault(ln.split()[0], {})
+        elif ln.startswith("    "):
+            name, psnr = ln[4:36].strip(), float(ln[36:46])
+            split[name] = psnr
+    for split in rows.values():
+        names = ["mean imputation", "nearest neighbour", "harmonic", "biharmonic"]
+        assert list(split) == ["amortized (the model)", *names, "margin over the best baseline"]
+        best = max(split[n] for n in names)
+        margin = split["margin over the best baseline"]
+        assert margin == pytest.approx(split["amortized (the model)"] - best, abs=0.011)
+    assert "<- best baseline" in out and "(negative: the baseline wins)" in out
+    path = os.path.join(env["root"], "restored", "cli-holes", "aevb-digits", "v1",
+                        "amortized-splits-valid-test")  # fmt: skip
     assert sorted(os.listdir(path)) == ["part-test-00000.parquet", "part-valid-00000.parquet"]
     assert os.path.isfile(f"{path}.manifest.json")
 
@@ -122,3 +135,34 @@ def test_a_shape_mismatch_found_inside_the_flow_is_still_exit_2(aevb, env, capsy
     assert last.startswith("aevb restore: error: dataset 'cli-4x4': feature_shape [4, 4]")
     assert "use a model trained on the clean dataset" in last
     assert _restored(env) == before
+
+
+def test_evaluate_hmc_on_a_model_with_too_many_latents_is_refused_before_any_work(
+    aevb, env, capsys
+):
+    """The App. D estimator needs latent_dim <= 5; the 8-D model is refused by the verb's check()
+    from the run's logged parameters: no download, no flow, nothing logged."""
+    import argparse
+
+    from flows.commands import evaluate
+    from models.errors import ConfigError
+    from models.hmc_estimator import MAX_LATENT_DIM
+    from tasks import tracking
+
+    assert evaluate.HMC_MAX_LATENT_DIM == MAX_LATENT_DIM  # spelled in the verb: no TF import
+    before = tracking.client().get_run(env["run_id"]).data.metrics
+    argv = ["evaluate", "--model", env["uri"], "--dataset", "digits", "--method", "hmc"]
+    assert aevb(argv) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("aevb evaluate: error: ")
+    assert "latent_dim <= 5" in err[0] and "latent_dim 8" in err[0] and "--method is" in err[0]
+    assert tracking.client().get_run(env["run_id"]).data.metrics == before
+    args = argparse.Namespace(
+        model=env["uri"], dataset="digits", version=None, split="test", num_samples=10,
+        batch_size=10, seed=0, method="hmc", max_points=None, num_chains=None,
+        num_steps=None, leapfrog_steps=None, burnin=None, data_root=env["root"],
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="latent_dim"):
+        evaluate.check(args)
+    args.method = "ais"  # AIS has no such limit: check() passes
+    assert evaluate.check(args) == {}
