@@ -22,6 +22,7 @@ FLOOR_SHARE = 0.5  # flagged when more than half of all decoder stds sit at the 
 INTENSITY_TOLERANCE = 0.5  # |mean(samples) - mean(data)| over min(mean, 1 - mean) of the data
 SIMILARITY_MAX = 0.95  # manifold cells correlating more than this with their mean are "the same"
 MIN_BUDGETS = 4  # a learning curve needs at least this many evaluated budgets
+_METHODS = {"aevb": "AEVB", "wake_sleep": "wake-sleep", "mcem": "MCEM"}
 
 
 def axis_kl(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -93,7 +94,8 @@ def _budget_flag(curves: Sequence[dict], figure: str) -> list[str]:
 def _curve_flags(curves: Sequence[dict], figure: str) -> list[str]:
     flags = _budget_flag(curves, figure)
     for c in curves:
-        label = f"the {c['latent_dim']}-D {c['method']} model (N = {c['num_train']})"
+        method = _METHODS.get(c["method"], c["method"])
+        label = f"the {c['latent_dim']}-D {method} model (N = {c['num_train']})"
         flags += _axes_flag(c, label)
     return flags
 

@@ -99,7 +99,10 @@ def test_figure_flags_name_each_degenerate_figure_and_nothing_else():
         "fig4_manifold_digits-continuous.png",
     }
     assert len(flags["fig2_bound_vs_samples.png"]) == 1
-    assert "uses 7 of its 20 latent axes" in flags["fig2_bound_vs_samples.png"][0]
+    assert (
+        "20-D AEVB model (N = 100) uses 7 of its 20 latent axes"
+        in flags["fig2_bound_vs_samples.png"][0]
+    )
     assert len(flags["fig5_samples.png"]) == 1 and "20-D samples" in flags["fig5_samples.png"][0]
     assert flags["fig3_marginal_likelihood.png"] == [
         f"Fig. 3 has 2 evaluated budget(s) per curve (fewer than {checks.MIN_BUDGETS}): too few "
