@@ -2,12 +2,14 @@
 
 No mlflow here: `write_training_plots` writes PNGs into a folder and tasks/tracking.py logs it.
 
-    learning_curves.png  train/valid ELBO (and KL) per epoch
+    learning_curves.png  train/valid ELBO per epoch; KL(q(z|x)) and full VB's KL(q(theta)) panels
+                         only when the run recorded them (no empty panels)
     reconstructions.png  test inputs beside E[x | z = mean of q(z|x)]
     prior_samples.png    E[x | z] for z ~ p(z) = N(0, I)
     latent_scatter.png   means of q(z|x) coloured by label (2-D directly, else the first two PCs)
     manifold.png         2-D latents only: E[x | z] over z = Phi^-1(u), u on an even grid in
-                         (0, 1)^2, Phi the standard normal CDF (the paper's Fig. 4)
+                         (0, 1)^2, Phi the standard normal CDF (the paper's Fig. 4), every
+                         cell upscaled (nearest neighbour) to >= 28 pixels
 
 and, for `aevb restore`, `plot_restoration`: a before/after grid (degraded | restored | clean).
 
@@ -36,6 +38,8 @@ PLOT_FILES = (
 )
 MIN_SQUARE_SIDE = 8  # a 1-D vector of length s*s counts as an s x s image only from s = 8 on
 _DPI = 80
+MANIFOLD_CELL_PX = 28  # manifold.png: every cell at least this many pixels on a side
+_TITLE_PX = 24
 
 
 def image_shape(feature_shape: Sequence[int]) -> tuple[int, ...] | None:
@@ -93,25 +97,42 @@ def _save(fig: Figure, path: str) -> str:
     return path
 
 
+LEARNING_PANELS = (
+    ("ELBO per datapoint (higher is better)", (C.TRAIN_ELBO, C.VALID_ELBO)),
+    ("KL(q(z|x) || p(z)) per datapoint", (C.TRAIN_KL, C.VALID_KL)),
+    ("KL(q(theta) || p(theta)), full VB", (C.TRAIN_KL_THETA,)),
+)
+
+
+def learning_curve_panels(history: Sequence[dict[str, float]]) -> list[tuple[str, list[str]]]:
+    """The panels of `plot_learning_curves` that have data: (title, keys with a finite value).
+
+    A run records only some of the keys (full VB over theta logs no train_kl but its KL(theta));
+    a panel without any recorded series is left out rather than drawn empty.
+    """
+    panels = []
+    for title, keys in LEARNING_PANELS:
+        shown = [k for k in keys if any(math.isfinite(h.get(k, math.nan)) for h in history)]
+        if shown:
+            panels.append((title, shown))
+    return panels or [(LEARNING_PANELS[0][0], [])]
+
+
 def plot_learning_curves(history: Sequence[dict[str, float]], path: str) -> str:
-    """ELBO per epoch for train and valid; KL on a second panel when recorded."""
-    fig = Figure(figsize=(9, 3.5))
-    ax_elbo, ax_kl = fig.subplots(1, 2)
+    """ELBO per epoch for train and valid; KL(z) and full VB's KL(theta) panels when recorded."""
+    panels = learning_curve_panels(history)
+    fig = Figure(figsize=(4.5 * len(panels), 3.5))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
     epochs = [int(h.get("epoch", i + 1)) for i, h in enumerate(history)]
-    for ax, keys in (
-        (ax_elbo, (C.TRAIN_ELBO, C.VALID_ELBO)),
-        (ax_kl, (C.TRAIN_KL, C.VALID_KL)),
-    ):
+    for ax, (title, keys) in zip(axes, panels, strict=True):
         for key in keys:
             values = [h.get(key, math.nan) for h in history]
-            if any(math.isfinite(v) for v in values):
-                ax.plot(epochs, values, marker="o", markersize=3, label=key)
+            ax.plot(epochs, values, marker="o", markersize=3, label=key)
         ax.set_xlabel("epoch")
+        ax.set_title(title)
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
+        if keys:
             ax.legend()
-    ax_elbo.set_title("ELBO per datapoint (higher is better)")
-    ax_kl.set_title("KL(q(z|x) || p(z))")
     return _save(fig, path)
 
 
@@ -240,11 +261,21 @@ def _colour(cmap: str, i: int) -> tuple[float, ...]:
 def plot_manifold(decoded: np.ndarray, n: int, feature_shape: Sequence[int], path: str) -> str:
     """decoded [n * n, D] = E[x|z] on `manifold_latents(n)`: a picture grid or profile grid."""
     shape = image_shape(feature_shape)
+    if shape is not None:  # pixel for pixel: cells upscaled to >= MANIFOLD_CELL_PX (nearest)
+        scale = max(1, math.ceil(MANIFOLD_CELL_PX / min(shape[:2])))
+        images = np.repeat(np.repeat(_as_images(decoded, shape), scale, 1), scale, 2)
+        mosaic = tile(images, n)
+        h, w = mosaic.shape[:2]
+        fig = Figure(figsize=(w / _DPI, (h + _TITLE_PX) / _DPI))
+        ax = fig.add_axes((0.0, 0.0, 1.0, h / (h + _TITLE_PX)))
+        cmap = "gray" if mosaic.ndim == 2 else None
+        ax.imshow(mosaic, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
+        ax.set_title("learned manifold, z = Phi^-1(u)")
+        ax.set_axis_off()
+        fig.savefig(path, dpi=_DPI)
+        return path
     fig = Figure(figsize=(7, 7))
     ax = fig.subplots()
-    if shape is not None:
-        _show_mosaic(ax, tile(_as_images(decoded, shape), n), "learned manifold, z = Phi^-1(u)")
-        return _save(fig, path)
     lo, hi = float(decoded.min()), float(decoded.max())
     scaled = (decoded - lo) / (hi - lo or 1.0)
     t = np.linspace(0.05, 0.95, decoded.shape[1])

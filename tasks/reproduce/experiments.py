@@ -32,7 +32,8 @@ from models.experiments import (
 )
 from models.vae import VAE
 from tasks.logs import logger
-from tasks.reproduce.figures import plot_curves, plot_image_panels, plt, save_figure
+from tasks.reproduce.diagnostics import latent_usage, manifold_stats, sample_stats
+from tasks.reproduce.figures import plot_curves, plot_gradient_variance, plot_image_panels
 from tasks.reproduce.report import log_report, write_report
 from tasks.reproduce.settings import DATA_NOTES, ReproduceSettings
 
@@ -187,7 +188,7 @@ def run_fig2(s: ReproduceSettings, out_dir: str) -> dict:
         mcfg = _model_config(data, k, s.fig2_hidden)
         for method in ("aevb", "wake_sleep"):
             model, curve = _run(method, s, data.train, data.test, mcfg, s.fig2_budgets)
-            curves.append(curve)
+            curves.append({**curve, **latent_usage(model, data.test)})
             if method == "aevb":
                 samples[k] = prior_samples(model, 100, seed=s.seed)
     plot_curves(
@@ -197,12 +198,18 @@ def run_fig2(s: ReproduceSettings, out_dir: str) -> dict:
         f"{s.dataset}: lower bound per datapoint",
         Path(out_dir) / "fig2_bound_vs_samples.png",
     )
-    plot_image_panels(
+    cell_px = plot_image_panels(
         {f"{k}-D latent": v for k, v in samples.items()},
         data.image_shape,
         Path(out_dir) / "fig5_samples.png",
     )
-    return {"data": data.note, "hidden": s.fig2_hidden, "curves": curves}
+    return {
+        "data": data.note,
+        "hidden": s.fig2_hidden,
+        "curves": curves,
+        "samples": {str(k): sample_stats(v, data.test) for k, v in samples.items()},
+        "samples_cell_px": cell_px,
+    }
 
 
 def run_fig3(s: ReproduceSettings, out_dir: str) -> dict:
@@ -230,6 +237,7 @@ def run_fig3(s: ReproduceSettings, out_dir: str) -> dict:
             if method != "mcem":  # IS with the model's own q(z|x), K = 1000: a second opinion
                 rows = data.test[: s.fig3_eval_rows]
                 curve["is_test_log_marginal"] = float(np.mean(cross_check(model, rows, s.seed)))
+                curve |= latent_usage(model, data.test)
             curves.append(curve)
     plot_curves(
         curves,
@@ -265,28 +273,7 @@ def run_gradient_variance(s: ReproduceSettings, out_dir: str) -> dict:
     )
     out["trained"] = gradient_variance(model, batch, s.gradvar_draws, s.seed)
     out["trained_samples"] = s.gradvar_train_samples
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for i, (_where, res) in enumerate((("initial", out["init"]), ("trained", out["trained"]))):
-        for j, est in enumerate(("A", "B")):
-            ax.bar(
-                i * 3 + j,
-                res[est]["encoder"],
-                color=("tab:orange", "tab:blue")[j],
-                label=f"estimator {est}" if i == 0 else None,
-            )
-        ax.text(
-            i * 3 + 0.5,
-            res["A"]["encoder"],
-            f"B/A = {res['B']['encoder'] / res['A']['encoder']:.2f}",
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
-    ax.set_xticks([0.5, 3.5], ["initial parameters", f"after {s.gradvar_train_samples:,} samples"])
-    ax.set_yscale("log")
-    ax.set_ylabel("trace of gradient covariance (encoder)")
-    ax.legend()
-    save_figure(fig, Path(out_dir) / "gradient_variance.png")
+    plot_gradient_variance(out, s.gradvar_train_samples, Path(out_dir) / "gradient_variance.png")
     return out
 
 
@@ -301,7 +288,7 @@ def run_manifolds(s: ReproduceSettings, out_dir: str) -> dict:
         mcfg = _model_config(data, 2, hidden)
         model, curve = train_curve("aevb", data.train, data.test, mcfg, _train_config(s), [budget])
         grid = manifold_grid(model, points=20)
-        plot_image_panels(
+        cell_px = plot_image_panels(
             {f"{name} ({data.likelihood} decoder)": grid.reshape(400, -1)},
             data.image_shape,
             Path(out_dir) / f"fig4_manifold_{name}.png",
@@ -311,7 +298,11 @@ def run_manifolds(s: ReproduceSettings, out_dir: str) -> dict:
             "data": data.note,
             "likelihood": data.likelihood,
             "hidden": hidden,
+            "latent_dim": 2,
+            "grid": [20, 20],
+            "cell_px": cell_px,
             **curve.points[-1],
+            **manifold_stats(model, grid, data.test),
         }
     return out
 

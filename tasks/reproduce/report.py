@@ -13,7 +13,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tasks.reproduce.figures import LABELS
+from tasks.reproduce import checks
+from tasks.reproduce.checks import figure_flags
+from tasks.reproduce.figures import LABELS, MIN_CELL_PX
 from tasks.reproduce.settings import DATA_NOTES, ReproduceSettings
 from tasks.reproduce.summary import final_value, summarize
 
@@ -78,6 +80,50 @@ def _claims(summary: dict[str, float]) -> list[str]:
     return lines
 
 
+def _flagged(results: dict, figure: str) -> list[str]:
+    """The "Flagged" note printed under ``figure`` (nothing when its checks pass)."""
+    flags = figure_flags(results).get(figure, [])
+    if not flags:
+        return []
+    return ["> **Flagged:** " + "; ".join(flags) + ".", ""]
+
+
+def _flag_summary(results: dict) -> list[str]:
+    flags = figure_flags(results)
+    if not flags:
+        return ["No figure is flagged by the degeneracy checks (see *Figure checks* below).", ""]
+    return [
+        f"**{sum(len(v) for v in flags.values())} flag(s) on {len(flags)} figure(s)** "
+        "(" + ", ".join(f"`{f}`" for f in flags) + "): read the notes beside them before "
+        "reading the figures as results.",
+        "",
+    ]
+
+
+def _checks_section() -> list[str]:
+    k = checks
+    return [
+        "## Figure checks",
+        "",
+        "Every figure is checked for degenerate content, and a failed check is printed as a "
+        "**Flagged** note beside it:",
+        "",
+        f"- unused latent axes: an axis whose mean KL(q(z_k|x) || N(0, 1)) on the test rows is "
+        f"at most {k.KL_ACTIVE_NATS} nats is inactive (q is the prior there);",
+        f"- collapsed Gaussian decoder variance: more than {k.FLOOR_SHARE:.0%} of the decoder stds "
+        f"within {k.FLOOR_MARGIN}x the clip floor;",
+        "- noisy or inverted samples: mean sample intensity off the data mean by more than "
+        f"{k.INTENSITY_TOLERANCE} of min(mean, 1 - mean);",
+        "- a manifold of nearly identical cells: mean correlation of the cells with the grid's "
+        f"mean cell above {k.SIMILARITY_MAX} (the same picture up to brightness);",
+        f"- a learning curve with fewer than {k.MIN_BUDGETS} evaluated budgets.",
+        "",
+        "Image grids are drawn pixel for pixel, every cell upscaled (nearest neighbour) to at "
+        f"least {MIN_CELL_PX} pixels.",
+        "",
+    ]
+
+
 def _curve_rows(curves: list[dict], key: str, extra: str | None = None) -> list[list[Any]]:
     rows = []
     for c in curves:
@@ -100,6 +146,7 @@ def _header(results: dict, s: ReproduceSettings, seconds: dict[str, float]) -> l
         + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
         + ".",
         "",
+        *_flag_summary(results),
         "## Claims",
         "",
         *_claims(summary),
@@ -135,6 +182,7 @@ def _fig2_section(results: dict) -> list[str]:
         "",
         "![Fig. 2](fig2_bound_vs_samples.png)",
         "",
+        *_flagged(results, "fig2_bound_vs_samples.png"),
         _table(
             [
                 "latent",
@@ -163,6 +211,7 @@ def _fig3_section(results: dict) -> list[str]:
         "",
         "![Fig. 3](fig3_marginal_likelihood.png)",
         "",
+        *_flagged(results, "fig3_marginal_likelihood.png"),
         _table(
             [
                 "latent",
@@ -217,9 +266,16 @@ def _manifolds_section(results: dict) -> list[str]:
         md += [
             f"![manifold {name}](fig4_manifold_{name}.png)",
             "",
+            *_flagged(results, f"fig4_manifold_{name}.png"),
             f"{name}: {r['data']}, {r['likelihood']} decoder, {r['hidden']} hidden units, "
             f"{int(r['samples']):,} samples; train bound {_fmt(r['train_bound'])}, "
-            f"test bound {_fmt(r['test_bound'])} nats.",
+            f"test bound {_fmt(r['test_bound'])} nats"
+            + (
+                f"; {r['grid'][0]} x {r['grid'][1]} cells of {r['cell_px']} px"
+                if "grid" in r
+                else ""
+            )
+            + ".",
             "",
         ]
     if "fig2" in results:
@@ -228,6 +284,7 @@ def _manifolds_section(results: dict) -> list[str]:
             "",
             "![Fig. 5](fig5_samples.png)",
             "",
+            *_flagged(results, "fig5_samples.png"),
         ]
     return md
 
@@ -275,7 +332,7 @@ def render_markdown(results: dict, settings: ReproduceSettings, seconds: dict[st
     for name, section in sections.items():
         if name in results:
             md += section(results)
-    return "\n".join(md)
+    return "\n".join(md + _checks_section())
 
 
 def write_report(
@@ -288,6 +345,7 @@ def write_report(
         "settings": settings.to_dict(),
         "seconds": seconds,
         "summary": summarize(results),
+        "flags": figure_flags(results),
         "results": results,
     }
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=float))

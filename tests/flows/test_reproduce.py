@@ -14,6 +14,8 @@ from PIL import Image
 
 from models.errors import ConfigError
 from tasks.reproduce import quick_settings, render_markdown, summarize
+from tasks.reproduce.checks import figure_flags
+from tasks.reproduce.figures import MIN_CELL_PX
 
 TINY = dict(
     fig2_latents=(2,),
@@ -155,7 +157,16 @@ def test_reproduce_flow_writes_report_and_logs_to_mlflow(prefect_harness, mlflow
     for name in figures:
         with Image.open(out / name) as img:
             assert img.format == "PNG" and img.size[0] > 100
+            if name.startswith("fig4_manifold_"):  # 20 x 20 cells of at least MIN_CELL_PX
+                assert min(img.size) >= 20 * MIN_CELL_PX
     payload = json.loads((out / "results.json").read_text())
+    # TINY evaluates Fig. 3 at one budget: flagged beside it; every stored flag is in the report.
+    assert "Fig. 3 has 1 evaluated budget(s)" in " ".join(
+        payload["flags"]["fig3_marginal_likelihood.png"]
+    )
+    assert payload["flags"] == figure_flags(payload["results"])
+    for flags in payload["flags"].values():
+        assert all(flag in report for flag in flags)
     assert payload["summary"] == pytest.approx(result.summary, nan_ok=True)
     assert all(math.isfinite(v) for k, v in result.summary.items() if k.startswith("claim_"))
     for curve in payload["results"]["fig2"]["curves"]:
@@ -166,6 +177,31 @@ def test_reproduce_flow_writes_report_and_logs_to_mlflow(prefect_harness, mlflow
     assert run.data.metrics == pytest.approx(finite)
     logged = {f.path for f in tracking.client().list_artifacts(result.mlflow_run_id)}
     assert {"report.md", "results.json", "results.csv", "fig2_bound_vs_samples.png"} <= logged
+
+
+def test_manifolds_are_readable_and_their_checks_are_reported(tmp_path):
+    """The manifolds experiment at a tiny budget, without Prefect: cells of >= MIN_CELL_PX, the
+    stored statistics in range, and the report's Flagged notes exactly those they imply."""
+    from tasks.reproduce import run_experiment
+
+    s = quick_settings(dataset="digits", **{**TINY, "manifold_hidden": 10, "manifold_budget": 200})
+    results = {"manifolds": run_experiment("manifolds", s, str(tmp_path))}
+    for name, r in results["manifolds"].items():
+        assert r["cell_px"] >= MIN_CELL_PX and r["cell_px"] % 8 == 0  # 8x8 digits, integer scale
+        with Image.open(tmp_path / f"fig4_manifold_{name}.png") as img:
+            assert min(img.size) >= 20 * r["cell_px"]
+        assert 0 <= r["active_axes"] <= 2 and len(r["axis_kl"]) == 2
+        assert -1.0 <= r["cell_similarity"] <= 1.0 + 1e-9
+    gaussian = results["manifolds"]["digits-continuous"]
+    assert gaussian["decoder_std_median"] >= gaussian["decoder_std_floor"] > 0
+    md = render_markdown(results, s, {"manifolds": 1.0})
+    flags = figure_flags(results)
+    for name in results["manifolds"]:
+        figure = f"fig4_manifold_{name}.png"
+        after = md.split(f"]({figure})")[1].split("![")[0]
+        assert ("> **Flagged:**" in after) == bool(flags.get(figure))
+        assert all(flag in after for flag in flags.get(figure, []))
+    assert "## Figure checks" in md
 
 
 def test_fashion_mnist_rows_come_from_the_idx_train_and_test_files(tmp_path, monkeypatch):

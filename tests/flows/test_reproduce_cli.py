@@ -7,10 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import flows.cli
 from flows.config_reproduce import parse_reproduce_overrides as parse_overrides
 from models.errors import ConfigError
+from tasks.reproduce.checks import figure_flags
+from tasks.reproduce.figures import MIN_CELL_PX
 
 TINY = [
     "fig2_latents=2",
@@ -129,6 +132,7 @@ def test_tiny_run_writes_the_report(aevb, prefect_harness, capsys, tmp_path):
         "## Setup and caveats",
         "## Fig. 2 analogue: lower bound vs training samples evaluated",
         "## Estimator variance: SGVB estimator A vs B",
+        "## Figure checks",
     ]
     assert "`aevb reproduce --quick` (seed 3)" in report
     assert "Estimator B has lower gradient variance than A" in report
@@ -139,3 +143,14 @@ def test_tiny_run_writes_the_report(aevb, prefect_harness, capsys, tmp_path):
     assert set(payload["seconds"]) == {"fig2", "gradient_variance"}
     for name in ("fig2_bound_vs_samples.png", "gradient_variance.png", "fig5_samples.png"):
         assert (Path(out) / name).stat().st_size > 1000
+    # Two budgets per curve are too few for a learning curve: flagged beside Fig. 2, and the
+    # report's flags are exactly those its stored statistics imply.
+    lines = report.splitlines()
+    note = lines[lines.index("![Fig. 2](fig2_bound_vs_samples.png)") + 2]
+    assert note.startswith("> **Flagged:** Fig. 2 has 2 evaluated budget(s) per curve"), note
+    assert payload["flags"] == figure_flags(payload["results"])
+    for figure, flags in payload["flags"].items():
+        assert all(flag in report for flag in flags), figure
+    with Image.open(out / "fig5_samples.png") as img:  # one panel of 10 cells per row
+        assert img.size[0] >= 10 * MIN_CELL_PX
+    assert payload["results"]["fig2"]["samples_cell_px"] >= MIN_CELL_PX

@@ -97,6 +97,38 @@ def test_write_training_plots_writes_the_expected_pngs(
             assert np.asarray(im.convert("L")).std() > 0  # something was drawn
 
 
+def test_learning_curves_draw_only_the_panels_a_run_recorded(tmp_path):
+    aevb = [{"epoch": 1, C.TRAIN_ELBO: -9.0, C.VALID_ELBO: -8.5, C.TRAIN_KL: 1.0, C.VALID_KL: 1.1}]
+    full_vb = [{"epoch": 1, C.TRAIN_ELBO: -9.0, C.TRAIN_KL_THETA: 300.0, C.VALID_ELBO: -8.0}]
+    no_valid = [{"epoch": 1, C.TRAIN_ELBO: -9.0, C.VALID_ELBO: math.nan}]
+    assert [keys for _, keys in plots.learning_curve_panels(aevb)] == [
+        [C.TRAIN_ELBO, C.VALID_ELBO],
+        [C.TRAIN_KL, C.VALID_KL],
+    ]
+    # full VB logs no KL(q(z|x)) during training: no empty KL panel, but its KL(theta)
+    panels = plots.learning_curve_panels(full_vb)
+    assert [keys for _, keys in panels] == [[C.TRAIN_ELBO, C.VALID_ELBO], [C.TRAIN_KL_THETA]]
+    assert "theta" in panels[1][0]
+    assert plots.learning_curve_panels(no_valid) == [(plots.LEARNING_PANELS[0][0], [C.TRAIN_ELBO])]
+    widths = {}
+    for name, history in (("aevb", aevb), ("elbo_only", no_valid)):
+        with Image.open(plots.plot_learning_curves(history, str(tmp_path / f"{name}.png"))) as im:
+            widths[name] = im.size[0]
+    assert widths["aevb"] > 1.6 * widths["elbo_only"]  # two panels vs one
+
+
+@pytest.mark.parametrize(("feature_shape", "cell"), [((8, 8), 8), ((28, 28), 28), ((784,), 28)])
+def test_manifold_cells_are_at_least_28_pixels(tmp_path, feature_shape, cell):
+    n = 20
+    decoded = np.random.default_rng(0).random((n * n, math.prod(feature_shape)))
+    path = plots.plot_manifold(decoded, n, feature_shape, str(tmp_path / "m.png"))
+    with Image.open(path) as im:
+        width, height = im.size
+    scale = math.ceil(plots.MANIFOLD_CELL_PX / cell)
+    assert width == n * cell * scale + (n - 1)  # cells pixel for pixel, 1-px lines between
+    assert height >= width and width >= n * plots.MANIFOLD_CELL_PX
+
+
 def test_held_out_rows_prefers_the_test_split_and_caps_the_count(data_root):
     from tasks.store.readers import read_split
 
