@@ -149,3 +149,114 @@ def test_every_documented_command_parses(cmd, monkeypatch, capsys):
     rc, args = parse_only(cmd.argv_for("0123456789abcdef0123456789abcdef"), monkeypatch)
     assert rc == 0, f"{cmd.where}: `{cmd.text}` -> {capsys.readouterr().err.strip()}"
     assert args is not None and args.verb == cmd.verb
+
+
+# ----------------------------------------------------------------------------- real runs
+# What the fixture provides: the datasets and model URIs a documented line may name.
+DATASETS = {"digits", "digits-inpaint", "digits-denoise", "incoming"}
+MODELS = {
+    "models:/aevb-digits@champion",
+    "models:/aevb-digits/3",
+    f"runs:/{PLACEHOLDER_RUN_ID}/model",
+}
+HEAVY_VERBS = {  # covered by their own tests; here they are parse-checked only
+    "pipeline": "trains and registers",
+    "train": "trains",
+    "serve": "needs a Prefect server",
+    "deploy": "needs a Prefect server and a work pool",
+    "reproduce": "minutes of experiments",
+}
+
+
+def _flag(argv: tuple[str, ...], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
+
+
+def not_run_because(cmd: DocCommand) -> str | None:
+    """Why a documented line is only parse-checked (None: it is run for real)."""
+    argv = cmd.argv
+    if cmd.env:
+        return "needs a TF cluster (TF_CONFIG)"
+    if cmd.verb in HEAVY_VERBS:
+        return HEAVY_VERBS[cmd.verb]
+    if any("s3://" in a for a in argv):
+        return "needs an object store"
+    if cmd.verb in ("ingest", "corrupt") and argv[1] != "digits":
+        return f"needs the source {argv[1]}"
+    dataset, model = _flag(argv, "--dataset"), _flag(argv, "--model")
+    if dataset is not None and dataset not in DATASETS:
+        return f"needs the dataset {dataset}"
+    if model is not None and model not in MODELS:
+        return f"needs the model {model}"
+    if argv[:2] == ("lock", "release"):
+        return "needs a held retrain lock (tests/flows/test_lock.py)"
+    if _flag(argv, "--method") in ("hmc", "ais", "mwg"):
+        return "minutes of MCMC (tests/tasks cover the method)"
+    return None
+
+
+RUNNABLE = [c for c in COMMANDS if not_run_because(c) is None]
+
+
+@pytest.fixture(scope="module")
+def docs_world(tmp_path_factory, prefect_harness):
+    """Stores in a temp folder (cwd too, so relative paths in the docs land there): digits,
+    its inpaint/denoise copies, digits again as `incoming`, a one-epoch model trained by
+    `tasks.train` and registered as aevb-digits v1..v3 (champion: v1), and its latent table."""
+    from models.config import ModelConfig, TrainConfig
+    from tasks import tracking
+    from tasks.corrupt import corrupt_dataset
+    from tasks.ingest import ingest
+    from tasks.train import train
+
+    base = tmp_path_factory.mktemp("docs-commands")
+    with pytest.MonkeyPatch.context() as mp:
+        for var, sub in (("AEVB_DATA_ROOT", "data"), ("AEVB_MLFLOW_DIR", "mlflow"),
+                         ("AEVB_MODEL_CACHE", "cache"), ("AEVB_CHECKPOINT_DIR", "ckpt")):  # fmt: skip
+            mp.setenv(var, str(base / sub))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.chdir(base)
+        root = str(base / "data")
+        ingest("digits", "digits", root)
+        ingest("digits", "incoming", root)
+        corrupt_dataset("digits", "inpaint", data_root=root)
+        corrupt_dataset("digits", "denoise", data_root=root)
+        out = train(
+            "digits",
+            ModelConfig(latent_dim=2, hidden_sizes=(16,)),
+            TrainConfig(epochs=1, batch_size=100),
+            data_root=root,
+        )
+        for _ in range(3):
+            tracking.register_model(
+                tracking.logged_model_uri(out.run_id), "aevb-digits", out.run_id
+            )
+        tracking.set_alias("aevb-digits", "champion", 1)
+        assert (
+            cli.main(["export", "--model", "models:/aevb-digits@champion", "--dataset", "digits"])
+            == 0
+        )
+        yield {"base": base, "run_id": out.run_id}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cmd", RUNNABLE, ids=[c.where for c in RUNNABLE])
+def test_documented_command_runs(cmd, docs_world, capsys):
+    rc = cli.main(cmd.argv_for(docs_world["run_id"]))
+    assert rc == 0, f"{cmd.where}: `{cmd.text}` -> {capsys.readouterr().err.strip()[-2000:]}"
+
+
+def test_a_representative_subset_runs_for_real():
+    """Could fail: the real runs must cover the cheap verbs, the runs:/ form among them."""
+    verbs = {c.verb for c in RUNNABLE}
+    assert {
+        "ingest",
+        "datasets",
+        "corrupt",
+        "evaluate",
+        "export",
+        "score",
+        "restore",
+        "lock",
+    } <= verbs
+    assert sum(c.verb in ("evaluate", "export", "score", "restore") for c in RUNNABLE) >= 5
