@@ -172,10 +172,18 @@ class Evaluator:
         self.sums.add(batch_size(x), *(tf.reduce_sum(p) for p in parts))
 
     def __call__(self, data: tf.data.Dataset, prefix: str = C.VALID) -> dict[str, float]:
+        """Means over every row of ``data`` (a last partial batch counts); ModelError when it has
+        no rows: the mean of nothing would read 0.0 and win model selection for epoch 1."""
         self.sums.reset()
         for i, x in enumerate(data):
             self._step(x, tf.constant([self.seed, i], tf.int32))
-        means, _ = self.sums.means()
+        means, n = self.sums.means()
+        if n == 0:
+            raise ModelError(
+                f"the {prefix} data yielded no rows, so there is no {prefix} ELBO to select the "
+                "best epoch by; pass a non-empty validation dataset (or valid_data=None: the "
+                "training ELBO of each epoch is then the criterion)"
+            )
         return {C.metric_key(prefix, k): v for k, v in means.items()}
 
 

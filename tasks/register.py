@@ -1,4 +1,4 @@
-"""Register stage: log the model as a pyfunc from code, register it, and gate the champion alias.
+"""Register stage: register the run's logged pyfunc model and gate the champion alias.
 
 Every successful training becomes a new version; `challenger` points at the newest one. A version
 also becomes `champion` only if its held-out log p(x) beats the current champion's, compared like
@@ -127,15 +127,14 @@ def register_version(
     eval_num_samples: int = 1000,
     eval_seed: int = 0,
 ) -> tracking.RegisteredVersion:
-    """Log the run's model and register it as a new version (not gated yet), its score, dataset
-    and score kind as tags."""
+    """Register the run's model (runs:/<run id>/model; if training logged none, ``saved_model_dir``
+    is logged first) as a new version (not gated yet), its score, dataset and score kind as tags."""
     lml = candidate_log_marginal_likelihood
     if not math.isfinite(lml):
         raise ModelError(
             f"run {run_id}: held-out log p(x) is {lml}; a non-finite model is never registered"
         )
-    status = tracking.run_status(run_id)
-    if status not in ("FINISHED", "RUNNING"):
+    if (status := tracking.run_status(run_id)) not in ("FINISHED", "RUNNING"):
         raise ModelError(
             f"run {run_id} ended {status}; only a successfully trained model is registered "
             "(train it again: `aevb train --force`)"
@@ -143,8 +142,10 @@ def register_version(
     name = name or default_model_name(dataset)
     root = datasets.resolve_data_root(data_root)
     facts = scoring.model_facts(saved_model_dir, dataset)
-    _, example, _ = next(readers.iter_batches(root, dataset, dataset_version, eval_split, 5))
-    model_uri = tracking.log_pyfunc_model(run_id, saved_model_dir, example)
+    model_uri = tracking.logged_model_uri(run_id)  # logged by training (tasks/train.py)
+    if model_uri is None:  # older releases, runs made outside `train`: log it now
+        _, example, _ = next(readers.iter_batches(root, dataset, dataset_version, eval_split, 5))
+        model_uri = tracking.log_pyfunc_model(run_id, saved_model_dir, example)
     publish.fault_point("register_before_version")
     mv = tracking.register_model(
         model_uri,

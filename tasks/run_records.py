@@ -1,20 +1,44 @@
 """What a training run records in MLflow besides its metrics: lineage tags (where the data came
-from, which Prefect flow run trained it) and the training plots (tasks/plots.py's PNGs on held-out
-rows, under plots/)."""
+from, which Prefect flow run trained it), the training plots (tasks/plots.py's PNGs on held-out
+rows, under plots/) and the model (a pyfunc from code: `runs:/<run id>/model`)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 
 import numpy as np
 
 from models import constants as C
 from tasks import plots, tracking
-from tasks.logs import prefect_run
+from tasks.logs import logger, prefect_run
 from tasks.store import datasets, readers
 
 PLOTS_ARTIFACT = "plots"
+
+
+def model_uri(run_id: str) -> str:
+    """Where a training run's model is: the pyfunc `log_model` logged to the run."""
+    return f"runs:/{run_id}/{tracking.MODEL_ARTIFACT}"
+
+
+def log_model(
+    run_id: str, saved_model_dir: str, data_root: str, manifest: datasets.DatasetManifest
+) -> str:
+    """Log the SavedModel to the run as its pyfunc model (input example: 5 train rows), unless a
+    complete one is there already (a rerun after a kill before DONE); returns the logged-model
+    URI (models:/m-...), which `runs:/<run id>/model` resolves to."""
+    logged = tracking.logged_model_uri(run_id)
+    if logged:
+        return logged
+    m = manifest
+    _, example, _ = next(readers.iter_batches(data_root, m.name, m.version, C.TRAIN, 5))
+    start = time.perf_counter()
+    logged = tracking.log_pyfunc_model(run_id, saved_model_dir, example)
+    seconds = time.perf_counter() - start
+    logger().info("train: model logged as %s (%.1f s)", model_uri(run_id), seconds)
+    return logged
 
 
 def held_out_rows(

@@ -433,6 +433,22 @@ def log_pyfunc_model(run_id: str, saved_model_dir: str, input_example: np.ndarra
     return info.model_uri
 
 
+@_guarded
+def logged_model_uri(run_id: str, name: str = MODEL_ARTIFACT) -> str | None:
+    """The newest complete model logged to the run under ``name`` (`log_pyfunc_model`), as a
+    logged-model URI (models:/m-...), or None: `runs:/<run id>/<name>` resolves to it."""
+    run = client().get_run(run_id)
+    found = client().search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{name}'",
+        order_by=[{"field_name": "creation_time", "ascending": False}],
+    )
+    from mlflow.entities import LoggedModelStatus
+
+    ready = [m for m in found if m.status == LoggedModelStatus.READY]
+    return ready[0].model_uri if ready else None
+
+
 def pip_requirements() -> list[str]:
     """Exactly what pyfunc_model.py imports (the SavedModel needs TensorFlow only, not TFP)."""
     from importlib.metadata import version

@@ -5,6 +5,10 @@ per-epoch TF checkpoints, the MLflow run id and, once training finished, `DONE`.
 - a killed run, started again with the same config and data, resumes at its last epoch and keeps
   logging into the same MLflow run;
 - a finished run is not repeated (pass force=True to retrain anyway).
+
+Every finished run has its model logged (a pyfunc from code, `tracking.log_pyfunc_model`), so
+`runs:/<run id>/model` works with evaluate, export, score, sample and restore without a registry;
+registering it is the pipeline's decision (tasks/register.py reuses this logged model).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class TrainOutput:
     # train.strategy='multi_worker': "chief of N workers" or "worker i of N" ("" in one process);
     # only the chief has a run id and a saved model
     cluster_role: str = ""
+    model_uri: str = ""  # runs:/<run id>/model, the logged pyfunc ("" on non-chief workers)
 
 
 def experiment_name(dataset: str) -> str:
@@ -106,6 +111,7 @@ class _Plan:
             resumed_from,
             reused=reused,
             plots=tuple(sorted(plots)),
+            model_uri=run_records.model_uri(run_id) if run_id else "",
         )
 
 
@@ -204,7 +210,9 @@ def _fit(plan: _Plan, train_config: TrainConfig, run_id: str | None):
     vae = VAE(plan.model, seed=train_config.seed)
     if train_config.theta == "full_vb":  # App. F; `vae` ends up holding the means of q(theta)
         from models.full_vb import fit_vae_full_vb as fit
-    valid = make_tf_dataset(plan.root, m.name, m.version, C.VALID, 1000)
+    if (n_valid := m.rows.get(C.VALID, 0)) < train_config.batch_size:
+        log.warning("train: the best epoch is chosen on %d valid rows (< one batch)", n_valid)
+    valid = make_tf_dataset(plan.root, m.name, m.version, C.VALID, 1000)  # every row counts
     result = fit(
         vae,
         make_train_data,
@@ -248,6 +256,8 @@ def train(
             "train: identical finished run %s found (config+data unchanged); not retraining", run_id
         )
         plots_logged = tracking.list_artifacts(run_id, PLOTS_ARTIFACT)
+        # runs finished by releases that did not log their model
+        run_records.log_model(run_id, plan.saved_dir, plan.root, plan.manifest)
         output = plan.output(run_id, done, 0, reused=True, plots=plots_logged)
         return dataclasses.replace(output, cluster_role=role)
     try:
@@ -298,14 +308,17 @@ def _train_and_save(plan: _Plan, train_config: TrainConfig) -> TrainOutput:
     plots_logged = run_records.log_training_plots(
         run_id, vae, plan.root, m, result.history, train_config.seed
     )
+    run_records.log_model(run_id, plan.saved_dir, plan.root, plan.manifest)
     tracking.end_run(run_id)  # later stages (evaluate, register) may still log to a finished run
-    info = {
-        "epochs_completed": result.epochs_completed,
-        "best_epoch": result.best_epoch,
-        "best_valid_elbo": result.best_valid_elbo,
-    }
+    info = _done_info(result)
     publish.write_text_atomic(os.path.join(plan.ckpt_dir, "DONE"), json.dumps(info))
     return plan.output(run_id, info, result.resumed_from_epoch, reused=False, plots=plots_logged)
+
+
+def _done_info(result) -> dict:
+    """What DONE records of a `models.training.TrainResult`."""
+    keys = ("epochs_completed", "best_epoch", "best_valid_elbo")
+    return {k: getattr(result, k) for k in keys}
 
 
 @contextlib.contextmanager
@@ -375,12 +388,7 @@ def _join_cluster(
     except TrainingDivergedError:
         shutil.rmtree(own, ignore_errors=True)  # as the chief does: never resumed
         raise
-    info_out = {
-        "epochs_completed": result.epochs_completed,
-        "best_epoch": result.best_epoch,
-        "best_valid_elbo": result.best_valid_elbo,
-    }
-    output = plan.output("", info_out, result.resumed_from_epoch, reused=False)
+    output = plan.output("", _done_info(result), result.resumed_from_epoch, reused=False)
     return role, dataclasses.replace(output, saved_model_dir="", cluster_role=role)
 
 

@@ -36,7 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "model's MLflow run.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model (any training run)",
+    )
     p.add_argument("--dataset", default=None, help="degraded dataset (e.g. from `aevb corrupt`)")
     p.add_argument(
         "--from-latents",
@@ -87,11 +91,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def check_model(uri: str) -> None:
-    """A registry name/alias or name/version that does not exist fails here, before any flow."""
+    """A registry name/alias or name/version that does not exist fails here, before any flow; a
+    training run's model (runs:/RUN_ID/model) is fine, a bare logged model (models:/m-...) has
+    no name or run to key the output by."""
     from tasks import tracking
 
-    if not uri.startswith("models:/") or tracking.parse_model_uri(uri)[0] == "logged":
-        raise ModelError(f"--model {uri}: use models:/NAME@ALIAS or models:/NAME/VERSION")
+    if tracking.parse_model_uri(uri)[0] == "logged":
+        raise ModelError(
+            f"--model {uri}: use models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model"
+        )
     tracking.find_model(uri)
 
 

@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train an AEVB model on an ingested dataset (tracked in MLflow)",
         description="Fit an AEVB model on an ingested dataset: per-epoch checkpoints (a killed "
-        "run resumes), metrics, plots and the SavedModel in an MLflow run.",
+        "run resumes), metrics, plots and the model in an MLflow run (runs:/<run id>/model: "
+        "evaluate, export and restore it; registering it is the pipeline's decision).",
         epilog=settings_epilog(),
         formatter_class=HelpFormatter,
     )
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace, checked) -> int:
         f"trained {out.dataset}@{out.dataset_version[:12]}: best valid ELBO {out.best_valid_elbo:.3f} "
         f"(epoch {out.best_epoch}/{out.epochs_completed}){' [reused]' if out.reused else ''}"
         f"{f' [{out.cluster_role}]' if out.cluster_role else ''}\n"
-        f"  MLflow run {out.run_id} (experiment {out.experiment})\n  SavedModel {out.saved_model_dir}"
+        f"  MLflow run {out.run_id} (experiment {out.experiment})\n  SavedModel {out.saved_model_dir}\n"
+        f"  model {out.model_uri} (for --model of evaluate, export, score, sample, restore)"
     )
     return 0
