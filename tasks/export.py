@@ -280,9 +280,7 @@ def export_latents(
         rows = int(existing["rows"])
         return ExportOutput(final, rows, model_uri, resolved.version, manifest.version, False)
 
-    # Only now the model's config (models.saved imports TensorFlow): an up-to-date table was
-    # written by this very model version, so a no-op rerun decides without TensorFlow.
-    latent_dim = check_model_fits(resolved.saved_model_dir, manifest, model_uri)
+    latent_dim = check_model_fits(resolved.saved_model_dir, manifest, model_uri)  # TF: not on no-op
     provenance = {
         "model_uri": model_uri,
         "model_name": model_name,
