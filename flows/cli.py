@@ -8,8 +8,10 @@ Order of work for a verb (`main`): parse the arguments (a bad one is one line, n
 the environment settings, run the verb's ``check(args)`` (its settings, then data, then stores:
 nothing is written and no server is started before it passes), start Prefect's temporary API
 server if the verb runs flows and no PREFECT_API_URL is set (flows/prefect_api.py: it dies with
-this process, however the process dies), run the verb, then stop the server and release the
-downloaded models this command held (tasks/model_cache.py), on success and on error alike.
+this process, however the process dies; it starts in the background while the verb imports
+Prefect, MLflow and TensorFlow, and the first Prefect client waits for it), run the verb, then
+stop the server and release the downloaded models this command held (tasks/model_cache.py), on
+success and on error alike.
 """
 
 from __future__ import annotations

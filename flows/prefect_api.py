@@ -16,14 +16,22 @@ that server itself, as Prefect does (same app factory, same environment switches
 
 `TemporaryServer.start()` does not wait: `wait_ready()` does, so a caller can start the server
 early and let it come up in parallel with other work. `serving(needed)` is what the CLI uses: it
-does nothing when PREFECT_API_URL is set (a real server, or the test harness's), else it starts,
-activates (PREFECT_API_URL for this process and its children) and finally stops a server.
+does nothing when PREFECT_API_URL is set (a real server, or the test harness's), else it starts
+a server and points PREFECT_API_URL at it at once, without waiting: the verb imports Prefect,
+MLflow and TensorFlow (seconds) while the server starts on the other core. The first Prefect
+API client this process opens (`SyncPrefectClient.__enter__` / `PrefectClient.__aenter__`,
+wrapped while a server is starting) waits for ``/health`` first, so a server that failed or
+timed out is still one line; a verb that never talks to the API never waits. Finally the server
+is stopped. (Were a request to slip past the wrapper, it would queue on the already-listening
+socket until the server accepts it.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.abc
+import importlib.util
 import os
 import select
 import signal
@@ -36,6 +44,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from models.errors import PipelineError
 
@@ -104,7 +113,7 @@ class TemporaryServer:
             sock.close()  # the child holds it now; ours would queue connections after it died
         return self.url
 
-    def wait_ready(self, timeout: float | None = None) -> None:
+    def wait_ready(self, timeout: float | None = None, stop_on_timeout: bool = True) -> None:
         """Block until ``/health`` answers; PipelineError if the server exits or times out."""
         assert self.proc is not None, "start() first"
         limit = timeout if timeout is not None else float(os.environ.get(STARTUP_TIMEOUT, 90))
@@ -123,7 +132,8 @@ class TemporaryServer:
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.1)
-        self.stop()
+        if stop_on_timeout:
+            self.stop()
         raise PipelineError(
             f"Prefect's temporary API server did not answer within {limit:g} s "
             f"({STARTUP_TIMEOUT}); raise it on a loaded machine, or set PREFECT_API_URL to a "
@@ -162,19 +172,108 @@ class TemporaryServer:
 
 
 @contextlib.contextmanager
-def serving(needed: bool = True) -> Iterator[TemporaryServer | None]:
-    """A guarded temporary server for the block when ``needed`` and no API is configured."""
+def serving(needed: bool = True, wait: bool = False) -> Iterator[TemporaryServer | None]:
+    """A guarded temporary server for the block when ``needed`` and no API is configured.
+
+    It is started and activated at once; the first Prefect client waits for it (``wait=True``:
+    wait here instead)."""
     if not needed or configured_api_url():
         yield None
         return
     server = TemporaryServer()
     try:
         server.start()
-        server.wait_ready()
         server.activate()
+        if wait:
+            server.wait_ready()
+        else:
+            _clients_wait_for(server)
         yield server
     finally:
+        _clients_wait_for(None)
         server.stop()
+
+
+class _Pending:
+    """The server the next Prefect client must wait for (None: nobody waits); waited for once,
+    by whichever thread gets there first, the others block on the lock meanwhile."""
+
+    server: TemporaryServer | None = None
+    error: PipelineError | None = None
+    lock = threading.Lock()
+
+
+def ensure_api_ready() -> None:
+    """Block until the server `serving()` started answers (no-op without one, or once done);
+    its start-up failure is raised as the same PipelineError every time."""
+    with _Pending.lock:
+        server = _Pending.server
+        if server is not None and _Pending.error is None:
+            try:
+                server.wait_ready(stop_on_timeout=False)  # serving() stops it, after the block
+            except PipelineError as exc:
+                _Pending.error = exc
+            else:
+                _Pending.server = None
+        if _Pending.error is not None:
+            raise _Pending.error
+
+
+def _clients_wait_for(server: TemporaryServer | None) -> None:
+    with _Pending.lock:
+        _Pending.server, _Pending.error = server, None
+    if server is not None:
+        _PatchClientsOnImport.install()
+
+
+def _patch_clients(module) -> None:
+    """Make entering a Prefect API client (sync or async) call `ensure_api_ready()` first."""
+    for cls_name, method in (("SyncPrefectClient", "__enter__"), ("PrefectClient", "__aenter__")):
+        cls = getattr(module, cls_name)
+        original = getattr(cls, method)
+        if getattr(original, "_aevb_waits", False):
+            continue
+        if method == "__aenter__":
+
+            async def entered(self, _original=original):
+                ensure_api_ready()
+                return await _original(self)
+        else:
+
+            def entered(self, _original=original):
+                ensure_api_ready()
+                return _original(self)
+
+        entered._aevb_waits = True  # type: ignore[attr-defined]
+        setattr(cls, method, entered)
+
+
+class _PatchClientsOnImport(importlib.abc.MetaPathFinder):
+    """`_patch_clients` on `prefect.client.orchestration` now, or right after its first import."""
+
+    NAME = "prefect.client.orchestration"
+
+    @classmethod
+    def install(cls) -> None:
+        if cls.NAME in sys.modules:
+            _patch_clients(sys.modules[cls.NAME])
+        elif not any(isinstance(f, cls) for f in sys.meta_path):
+            sys.meta_path.insert(0, cls())
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != self.NAME:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            exec_module = spec.loader.exec_module
+
+            def load(module: Any) -> None:
+                exec_module(module)
+                _patch_clients(module)
+
+            spec.loader.exec_module = load
+        return spec
 
 
 def _refresh_prefect_settings() -> None:

@@ -175,9 +175,13 @@ def encode_part(
     with fs.open_parquet(part) as pf, fs.parquet_writer(out, schema) as writer:
         label = f"export {manifest.name} {fs.basename(out).removesuffix('.parquet')}"
         progress = ProgressLogger(pf.metadata.num_rows, label, artifact=False)
-        for b, rb in enumerate(pf.iter_batches(batch_size=batch_size)):
-            x = tables.decode_x(rb.column(C.COL_X), manifest.storage_dtype, manifest.input_dim)
-            x = readers.to_model_space(x, manifest.scale)
+
+        def decoded():  # on the read-ahead thread: Parquet decode overlaps the encoder
+            for rb in pf.iter_batches(batch_size=batch_size):
+                x = tables.decode_x(rb.column(C.COL_X), manifest.storage_dtype, manifest.input_dim)
+                yield rb, readers.to_model_space(x, manifest.scale)
+
+        for b, (rb, x) in enumerate(readers.read_ahead(decoded())):
             z_mean, z_std = encode(x)
             z = None
             if samples:
@@ -257,7 +261,6 @@ def export_latents(
     root = datasets.resolve_data_root(data_root)
     manifest = datasets.load_manifest(root, dataset, version)
     resolved = tracking.resolve_model(model_uri)
-    latent_dim = check_model_fits(resolved.saved_model_dir, manifest, model_uri)
     model_name = resolved.name or "unregistered"
     model_version = resolved.version if resolved.version is not None else (resolved.run_id or "0")
     final = table_path(root, manifest, model_name, model_version, scores_table)
@@ -277,6 +280,7 @@ def export_latents(
         rows = int(existing["rows"])
         return ExportOutput(final, rows, model_uri, resolved.version, manifest.version, False)
 
+    latent_dim = check_model_fits(resolved.saved_model_dir, manifest, model_uri)  # TF: not on no-op
     provenance = {
         "model_uri": model_uri,
         "model_name": model_name,

@@ -23,11 +23,23 @@ import math
 import os
 from collections.abc import Sequence
 from statistics import NormalDist
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from models import constants as C
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _figure(**kwargs: Any) -> Figure:
+    """A matplotlib Figure; matplotlib (seconds to import) loads at the first plot, so the verbs
+    and the no-op pipeline that import this module but draw nothing never pay for it."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
 
 PLOT_FILES = (
     "learning_curves.png",
@@ -121,7 +133,7 @@ def learning_curve_panels(history: Sequence[dict[str, float]]) -> list[tuple[str
 def plot_learning_curves(history: Sequence[dict[str, float]], path: str) -> str:
     """ELBO per epoch for train and valid; KL(z) and full VB's KL(theta) panels when recorded."""
     panels = learning_curve_panels(history)
-    fig = Figure(figsize=(4.5 * len(panels), 3.5))
+    fig = _figure(figsize=(4.5 * len(panels), 3.5))
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     epochs = [int(h.get("epoch", i + 1)) for i, h in enumerate(history)]
     for ax, (title, keys) in zip(axes, panels, strict=True):
@@ -170,12 +182,12 @@ def plot_reconstructions(
     if shape is not None:
         n = min(len(x), 32)
         cols = 8
-        fig = Figure(figsize=(10, 0.75 * math.ceil(n / cols) + 1))
+        fig = _figure(figsize=(10, 0.75 * math.ceil(n / cols) + 1))
         ax_in, ax_rec = fig.subplots(1, 2)
         _show_mosaic(ax_in, tile(_as_images(x[:n], shape), cols), "test inputs")
         _show_mosaic(ax_rec, tile(_as_images(reconstruction[:n], shape), cols), "reconstructions")
         return _save(fig, path)
-    fig = Figure(figsize=(10, 4))
+    fig = _figure(figsize=(10, 4))
     ax_sc, ax_pr = fig.subplots(1, 2)
     ax_sc.scatter(x.ravel(), reconstruction.ravel(), s=2, alpha=0.3)
     lo, hi = float(min(x.min(), reconstruction.min())), float(max(x.max(), reconstruction.max()))
@@ -203,10 +215,10 @@ def plot_samples(
     and profiles."""
     shape = image_shape(feature_shape)
     if shape is not None:
-        fig = Figure(figsize=(6, 6))
+        fig = _figure(figsize=(6, 6))
         _show_mosaic(fig.subplots(), tile(_as_images(samples[:64], shape), 8), title)
         return _save(fig, path)
-    fig = Figure(figsize=(10, 4))
+    fig = _figure(figsize=(10, 4))
     ax_mom, ax_pr = fig.subplots(1, 2)
     idx = np.arange(samples.shape[1])
     for arr, label, colour in ((data, "test data", "C0"), (samples, title, "C1")):
@@ -231,7 +243,7 @@ def plot_latents(z: np.ndarray, labels: np.ndarray, path: str) -> str:
     else:
         xy, ratio = principal_components(z)
         names = (f"PC1 ({ratio[0]:.0%} of variance)", f"PC2 ({ratio[1]:.0%})")
-    fig = Figure(figsize=(6, 5))
+    fig = _figure(figsize=(6, 5))
     ax = fig.subplots()
     known = labels >= 0
     if (~known).any():
@@ -266,7 +278,7 @@ def plot_manifold(decoded: np.ndarray, n: int, feature_shape: Sequence[int], pat
         images = np.repeat(np.repeat(_as_images(decoded, shape), scale, 1), scale, 2)
         mosaic = tile(images, n)
         h, w = mosaic.shape[:2]
-        fig = Figure(figsize=(w / _DPI, (h + _TITLE_PX) / _DPI))
+        fig = _figure(figsize=(w / _DPI, (h + _TITLE_PX) / _DPI))
         ax = fig.add_axes((0.0, 0.0, 1.0, h / (h + _TITLE_PX)))
         cmap = "gray" if mosaic.ndim == 2 else None
         ax.imshow(mosaic, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
@@ -274,7 +286,7 @@ def plot_manifold(decoded: np.ndarray, n: int, feature_shape: Sequence[int], pat
         ax.set_axis_off()
         fig.savefig(path, dpi=_DPI)
         return path
-    fig = Figure(figsize=(7, 7))
+    fig = _figure(figsize=(7, 7))
     ax = fig.subplots()
     lo, hi = float(decoded.min()), float(decoded.max())
     scaled = (decoded - lo) / (hi - lo or 1.0)
@@ -347,7 +359,7 @@ def plot_restoration(
     shapes = [image_shape(shape) for _, _, shape in panels]
     n = len(restored)
     if all(s is not None for s in shapes):
-        fig = Figure(figsize=(1.8 * len(panels) + 0.4, 1.5 * n + 0.8))
+        fig = _figure(figsize=(1.8 * len(panels) + 0.4, 1.5 * n + 0.8))
         axes = np.asarray(fig.subplots(n, len(panels), squeeze=False))
         for col, ((name, x, _), shape) in enumerate(zip(panels, shapes, strict=True)):
             images = _as_images(x, shape)
@@ -357,7 +369,7 @@ def plot_restoration(
             for row in range(n):
                 _show_mosaic(axes[row, col], images[row], name if row == 0 else "")
         return _save(fig, path)
-    fig = Figure(figsize=(10, 1.2 * n + 1))
+    fig = _figure(figsize=(10, 1.2 * n + 1))
     ax = fig.subplots()
     layers = [(restored, "-", "C1")] + ([(clean, "--", "k")] if clean is not None else [])
     if degraded.shape[1:] == restored.shape[1:]:

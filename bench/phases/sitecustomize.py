@@ -24,6 +24,8 @@ OUT = os.environ.pop("AEVB_BENCH_PHASES", "")  # popped: child processes do not 
 # module -> (attribute path, phase); a missing attribute is reported, not fatal.
 HOOKS = {
     "prefect.server.api.server": [("SubprocessASGIServer.start", "Prefect server start")],
+    # the CLI's own temporary server: started in the background, waited for by the first client
+    "flows.prefect_api": [("TemporaryServer.wait_ready", "Prefect server start (waited for)")],
     "tasks.tracking": [("*", "MLflow")],
     "tasks.store.streaming": [("make_tf_dataset", "data")],
     "tasks.store.readers": [("read_split", "data"), ("iter_batches", "data")],

@@ -13,11 +13,13 @@ import hashlib
 import inspect
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.errors import ConfigError, DatasetError
-from tasks.sources.base import SourceData, sha256_files
 from tasks.sources.files import check_file, check_path
+
+if TYPE_CHECKING:
+    from tasks.sources.base import SourceData
 
 FORMATS = ("idx", "csv", "npz", "images", "parquet")
 STORAGE_DTYPES = ("auto", "uint8", "float32")
@@ -111,6 +113,7 @@ def detect_format(path: str) -> str:
 def content_sha256(source: str, options: dict | None = None) -> str:
     """sha256 of the bytes a source reads: a file, every file under a folder, or a built-in's file."""
     from tasks.sources import builtin
+    from tasks.sources.base import sha256_files
 
     options = options or {}
     if source == "digits":
@@ -193,6 +196,16 @@ def _readers() -> dict:
 def _no_options(source: str, options: dict) -> None:
     if options:
         raise DatasetError(f"source {source!r} takes no options; got {', '.join(sorted(options))}")
+
+
+def __getattr__(name: str) -> Any:
+    """`SourceData` on first use: tasks.sources.base imports numpy, and the config checks
+    (`check_options`, `check_source`, run by `aevb --help`'s defaults too) need none."""
+    if name == "SourceData":
+        from tasks.sources.base import SourceData
+
+        return SourceData
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

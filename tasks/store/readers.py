@@ -141,3 +141,47 @@ def iter_aligned(
                 f"dataset {m.name!r} version {m.version} holds more {split} rows than "
                 f"{main.name!r}; recreate the degraded copy with `aevb corrupt`"
             )
+
+
+def read_ahead(items: Iterator, depth: int = 2) -> Iterator:
+    """Yield ``items`` while a thread produces up to ``depth`` more (Parquet decode and numpy
+    conversion release the GIL, so reading overlaps the consumer's TensorFlow work). An error in
+    the producer is raised here; a consumer that stops early stops the producer too."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(depth)
+    stop, end = threading.Event(), object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put((end, exc))
+            return
+        put((end, None))
+
+    thread = threading.Thread(target=produce, name="aevb-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
