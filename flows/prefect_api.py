@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import PipelineError
+from tasks.logs import TEMPORARY_API_ENV
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 API_URL = "PREFECT_API_URL"
@@ -144,6 +145,7 @@ class TemporaryServer:
         """Point this process (and the processes it starts) at the server."""
         self._previous_url = os.environ.get(API_URL)
         os.environ[API_URL] = self.url
+        os.environ[TEMPORARY_API_ENV] = self.url  # its links die with it (tasks/logs.py)
         self._active = True
         _refresh_prefect_settings()
 
@@ -151,6 +153,7 @@ class TemporaryServer:
         """Drain Prefect's workers, stop the server and forget it (safe to call twice)."""
         if self._active:
             _drain_prefect_workers()
+            os.environ.pop(TEMPORARY_API_ENV, None)
             if self._previous_url is None:
                 os.environ.pop(API_URL, None)
             else:

@@ -147,7 +147,11 @@ def _venv_bin(name: str) -> str:
 def _prefect_ui() -> str:
     from prefect.settings import PREFECT_API_URL
 
+    from tasks.logs import is_temporary_api
+
     url = PREFECT_API_URL.value() or ""
+    if is_temporary_api(url):  # gone when the command ends: no dead link
+        return ""
     if url and "127.0.0.1" in url and "/api" in url and not url.endswith(":0/api"):
         return url.removesuffix("/api") + "/artifacts"
     return ""

@@ -24,6 +24,16 @@ def logger() -> logging.Logger | logging.LoggerAdapter:
         return get_logger("aevb")
 
 
+# Set (by flows/prefect_api.py) to the URL of the command's own temporary Prefect server while it
+# runs: links to it are dead once the command ends, so none are recorded.
+TEMPORARY_API_ENV = "AEVB_TEMPORARY_PREFECT_API"
+
+
+def is_temporary_api(url: str) -> bool:
+    temporary = os.environ.get(TEMPORARY_API_ENV, "").rstrip("/")
+    return bool(temporary) and url.rstrip("/") == temporary
+
+
 def prefect_run() -> dict[str, str]:
     """The Prefect flow run this code runs in (also from a task), {} outside one: id, name, flow,
     and a UI link when the API is a server the user runs (PREFECT_API_URL); a temporary server
@@ -39,7 +49,7 @@ def prefect_run() -> dict[str, str]:
         "flow_name": flow_run.get_flow_name() or "",
     }
     api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
-    if api:
+    if api and not is_temporary_api(api):
         from prefect.utilities.urls import url_for
 
         base = api.removesuffix("/api")

@@ -51,3 +51,21 @@ def test_the_interval_comes_from_the_environment(monkeypatch):
     assert progress_seconds() == 2.5 and ProgressLogger(1, "x", artifact=False).every_seconds == 2.5
     monkeypatch.setenv("AEVB_PROGRESS_SECONDS", "soon")
     assert progress_seconds() == 10.0
+
+
+def test_links_to_the_commands_own_temporary_server_are_not_printed(monkeypatch):
+    """The CLI's temporary Prefect server dies with the command: no dead UI links for it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.summary import _prefect_ui
+    from tasks.logs import TEMPORARY_API_ENV, is_temporary_api
+
+    url = "http://127.0.0.1:45679/api"
+    monkeypatch.delenv(TEMPORARY_API_ENV, raising=False)
+    with temporary_settings({PREFECT_API_URL: url}):
+        assert not is_temporary_api(url)
+        assert _prefect_ui() == "http://127.0.0.1:45679/artifacts"  # a server the user runs
+        monkeypatch.setenv(TEMPORARY_API_ENV, url + "/")
+        assert is_temporary_api(url)
+        assert _prefect_ui() == ""
+    assert not is_temporary_api("http://127.0.0.1:4200/api")
