@@ -11,7 +11,7 @@ import numpy as np
 
 from models import constants as C
 from tasks import plots, tracking
-from tasks.logs import prefect_run
+from tasks.logs import logger, prefect_run
 from tasks.store import datasets, readers
 
 PLOTS_ARTIFACT = "plots"
@@ -50,6 +50,33 @@ def log_training_plots(
         paths = plots.write_training_plots(vae, x, labels, history, tmp, seed=seed)
         tracking.log_artifacts(run_id, tmp, PLOTS_ARTIFACT)
     return [f"{PLOTS_ARTIFACT}/{os.path.basename(p)}" for p in paths]
+
+
+TAG_STD_FLOOR = "aevb.warning.std_floor"
+
+
+def warn_std_floor(run_id: str | None, vae, data_root: str, manifest: datasets.DatasetManifest):
+    """A Gaussian decoder whose learned std sits on model.min_std for most pixels (on held-out
+    rows, dequantized as in training): one log line and the MLflow tag `aevb.warning.std_floor`.
+    Returns the fraction on the floor (None for other decoders)."""
+    from models.discrete import transform_rows
+    from models.vae import FLOOR_WARN_FRACTION, std_floor_fraction
+    from tasks.scoring import model_transform
+
+    if vae.config.likelihood != "gaussian":
+        return None
+    x, _ = held_out_rows(data_root, manifest, max_rows=500)
+    fraction = std_floor_fraction(vae, transform_rows(model_transform(vae, manifest), x, 0, 0))
+    if fraction > FLOOR_WARN_FRACTION:
+        message = (
+            f"the Gaussian decoder's std sits on its floor model.min_std={vae.config.min_std:.4g} "
+            f"for {fraction:.0%} of held-out pixels: its log-density is set by the floor, not "
+            "learned (lower model.min_std, or use a likelihood for discrete data)"
+        )
+        logger().warning("train: warning: %s", message)
+        if run_id:
+            tracking.set_tags(run_id, {TAG_STD_FLOOR: message})
+    return fraction
 
 
 def lineage_tags(root: str, m: datasets.DatasetManifest) -> dict[str, str]:

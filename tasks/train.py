@@ -22,7 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from models import constants as C
-from models.config import ModelConfig, TrainConfig, check_architecture, to_dict
+from models.config import ModelConfig, TrainConfig, check_architecture, check_binarize, to_dict
 from models.errors import StorageError, TrainingDivergedError
 from tasks import run_records, tracking
 from tasks.logs import logger
@@ -122,6 +122,7 @@ def plan_training(
     manifest = datasets.load_manifest(root, dataset, version)
     model = dataclasses.replace(model, feature_shape=tuple(manifest.feature_shape))
     datasets.check_model_inputs(manifest, model.likelihood)
+    check_binarize(train_config.binarize, model.likelihood)
     datasets.check_trainable(manifest, train_config.batch_size)
     check_architecture(model, train_config.theta, manifest.name)
     key = run_key(model, train_config, manifest.name, manifest.version)
@@ -169,10 +170,12 @@ def _fit(plan: _Plan, train_config: TrainConfig, run_id: str | None):
 
         strategy = strategy_for(train_config.strategy)
         fit = functools.partial(fit_distributed, strategy=strategy, agreement=plan.key)
+    from models.discrete import EVAL_DATA_SEED, convert_epoch_metrics
     from models.vae import VAE
-    from tasks.store.streaming import make_tf_dataset
+    from tasks.store.streaming import make_tf_dataset, training_transform
 
     m, log = plan.manifest, logger()
+    transform = training_transform(m, plan.model.likelihood, train_config.binarize)
 
     def make_train_data(epoch: int):
         return make_tf_dataset(
@@ -184,9 +187,11 @@ def _fit(plan: _Plan, train_config: TrainConfig, run_id: str | None):
             shuffle=True,
             seed=train_config.seed,
             epoch=epoch,
+            transform=transform,
         )
 
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+        metrics = convert_epoch_metrics(metrics, transform, m.input_dim)  # about the stored data
         if run_id:
             tracking.log_metrics(
                 run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch
@@ -204,7 +209,9 @@ def _fit(plan: _Plan, train_config: TrainConfig, run_id: str | None):
     vae = VAE(plan.model, seed=train_config.seed)
     if train_config.theta == "full_vb":  # App. F; `vae` ends up holding the means of q(theta)
         from models.full_vb import fit_vae_full_vb as fit
-    valid = make_tf_dataset(plan.root, m.name, m.version, C.VALID, 1000)
+    valid = make_tf_dataset(
+        plan.root, m.name, m.version, C.VALID, 1000, seed=EVAL_DATA_SEED, transform=transform
+    )
     result = fit(
         vae,
         make_train_data,
@@ -270,6 +277,7 @@ def _drop_unresumable(ckpt_dir: str) -> None:
 
 def _train_and_save(plan: _Plan, train_config: TrainConfig) -> TrainOutput:
     from models.saved import save_model
+    from tasks.store.streaming import training_transform
 
     m, log = plan.manifest, logger()
     run_id = _open_run(plan, train_config)
@@ -290,8 +298,10 @@ def _train_and_save(plan: _Plan, train_config: TrainConfig) -> TrainOutput:
         log.info("train: resumed from epoch %d checkpoint", result.resumed_from_epoch)
     with _checkpoint_faults(plan.saved_dir):
         extra = {"dataset": m.name, "dataset_version": m.version, "run_id": run_id}
-        extra.update(scale=m.scale, value_range=list(m.value_range))
-        save_model(vae, plan.saved_dir, extra=extra)
+        transform = training_transform(m, plan.model.likelihood, train_config.binarize)
+        extra.update(scale=m.scale, value_range=list(m.value_range), data_levels=transform.levels)
+        save_model(vae, plan.saved_dir, extra={**extra, "binarize": train_config.binarize})
+    run_records.warn_std_floor(run_id, vae, plan.root, m)
     tracking.set_tags(
         run_id, {"aevb.best_epoch": result.best_epoch, "aevb.stopped_early": result.stopped_early}
     )
@@ -302,7 +312,7 @@ def _train_and_save(plan: _Plan, train_config: TrainConfig) -> TrainOutput:
     info = {
         "epochs_completed": result.epochs_completed,
         "best_epoch": result.best_epoch,
-        "best_valid_elbo": result.best_valid_elbo,
+        "best_valid_elbo": result.best_valid_elbo + transform.offset(m.input_dim),
     }
     publish.write_text_atomic(os.path.join(plan.ckpt_dir, "DONE"), json.dumps(info))
     return plan.output(run_id, info, result.resumed_from_epoch, reused=False, plots=plots_logged)
