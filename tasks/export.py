@@ -291,7 +291,6 @@ def export_latents(
         logger().info("%s: %s already holds this model and dataset version", stage_name, final)
         rows = int(existing["rows"])
         return ExportOutput(final, rows, model_uri, resolved.version, manifest.version, False)
-
     provenance = {
         "model_uri": model_uri,
         "model_name": model_name,

@@ -23,8 +23,9 @@ from prefect.cache_policies import NO_CACHE
 
 from models import constants as C
 from models.config import ModelConfig, TrainConfig, check_architecture, check_binarize, to_dict
+from models.discrete import InputTransform, input_transform
 from models.errors import StorageError, TrainingDivergedError
-from tasks import run_records, tracking
+from tasks import run_records, scoring, tracking
 from tasks.logs import logger
 from tasks.run_records import PLOTS_ARTIFACT
 from tasks.store import datasets, fs, publish
@@ -55,9 +56,10 @@ def experiment_name(dataset: str) -> str:
     return f"aevb-{dataset}"
 
 
-def run_key(model: ModelConfig, train: TrainConfig, dataset: str, version: str) -> str:
-    """What identifies a training: the model and train configs and the dataset version."""
-    train_dict = to_dict(train)
+def run_key(model, train: TrainConfig, dataset: str, version: str, inputs: str = "none") -> str:
+    """What identifies a training: the model and train configs, the dataset version, and the
+    input transform (models/discrete.py; "none", the only one before it existed, adds nothing)."""
+    train_dict = {**to_dict(train), **({"inputs": inputs} if inputs != "none" else {})}
     if train_dict.get("strategy") == "default":  # keys of runs made before the option stay
         del train_dict["strategy"]
     blob = json.dumps(
@@ -82,6 +84,7 @@ class _Plan:
     model: ModelConfig
     key: str
     ckpt_dir: str
+    transform: InputTransform | None = None  # what the training inputs go through
 
     @property
     def saved_dir(self) -> str:
@@ -125,9 +128,10 @@ def plan_training(
     check_binarize(train_config.binarize, model.likelihood)
     datasets.check_trainable(manifest, train_config.batch_size)
     check_architecture(model, train_config.theta, manifest.name)
-    key = run_key(model, train_config, manifest.name, manifest.version)
+    t = input_transform(model.likelihood, train_config.binarize, scoring.manifest_levels(manifest))
+    key = run_key(model, train_config, manifest.name, manifest.version, t.kind)
     base = checkpoint_root or default_checkpoint_root(root)
-    return _Plan(root, manifest, model, key, os.path.join(base, f"{manifest.name}-{key}"))
+    return _Plan(root, manifest, model, key, os.path.join(base, f"{manifest.name}-{key}"), t)
 
 
 def _open_run(plan: _Plan, train_config: TrainConfig) -> str:
@@ -172,10 +176,9 @@ def _fit(plan: _Plan, train_config: TrainConfig, run_id: str | None):
         fit = functools.partial(fit_distributed, strategy=strategy, agreement=plan.key)
     from models.discrete import EVAL_DATA_SEED, convert_epoch_metrics
     from models.vae import VAE
-    from tasks.store.streaming import make_tf_dataset, training_transform
+    from tasks.store.streaming import make_tf_dataset
 
-    m, log = plan.manifest, logger()
-    transform = training_transform(m, plan.model.likelihood, train_config.binarize)
+    m, log, transform = plan.manifest, logger(), plan.transform
 
     def make_train_data(epoch: int):
         return make_tf_dataset(
@@ -277,7 +280,6 @@ def _drop_unresumable(ckpt_dir: str) -> None:
 
 def _train_and_save(plan: _Plan, train_config: TrainConfig) -> TrainOutput:
     from models.saved import save_model
-    from tasks.store.streaming import training_transform
 
     m, log = plan.manifest, logger()
     run_id = _open_run(plan, train_config)
@@ -298,7 +300,7 @@ def _train_and_save(plan: _Plan, train_config: TrainConfig) -> TrainOutput:
         log.info("train: resumed from epoch %d checkpoint", result.resumed_from_epoch)
     with _checkpoint_faults(plan.saved_dir):
         extra = {"dataset": m.name, "dataset_version": m.version, "run_id": run_id}
-        transform = training_transform(m, plan.model.likelihood, train_config.binarize)
+        transform = plan.transform
         extra.update(scale=m.scale, value_range=list(m.value_range), data_levels=transform.levels)
         save_model(vae, plan.saved_dir, extra={**extra, "binarize": train_config.binarize})
     run_records.warn_std_floor(run_id, vae, plan.root, m)

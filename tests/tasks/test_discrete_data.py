@@ -179,3 +179,17 @@ def test_train_and_evaluate_report_numbers_about_the_stored_data(
         assert ev.log_marginal_likelihood < 0 and ev.elbo <= ev.log_marginal_likelihood + 1.0
     again = evaluate(out.saved_model_dir, "bytes", m.version, root, C.TEST, 16)
     assert again.log_marginal_likelihood == ev.log_marginal_likelihood  # one fixed draw
+
+
+def test_dequantized_training_gets_its_own_run_key_and_bernoulli_keeps_its_old_one(bytes_data):
+    """A finished run trained on the stored values is never reused as a dequantized one."""
+    from tasks.train import plan_training, run_key
+
+    root, m = bytes_data
+    for likelihood, kind in (("gaussian", "dequantize"), ("bernoulli", "none")):
+        model = ModelConfig(likelihood=likelihood)
+        plan = plan_training("bytes", model, TrainConfig(), root, m.version, None)
+        assert plan.transform.kind == kind
+        shaped = plan.model
+        assert plan.key == run_key(shaped, TrainConfig(), "bytes", m.version, kind)
+        assert (plan.key == run_key(shaped, TrainConfig(), "bytes", m.version)) == (kind == "none")
