@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from models import constants as C
 from models.config import ModelConfig, TrainConfig, check_architecture, check_binarize, to_dict
-from models.discrete import InputTransform, input_transform
+from models.discrete import EVAL_DATA_SEED, InputTransform, convert_epoch_metrics, input_transform
 from models.errors import StorageError, TrainingDivergedError
 from tasks import run_records, scoring, tracking
 from tasks.logs import logger
@@ -174,7 +174,6 @@ def _fit(plan: _Plan, train_config: TrainConfig, run_id: str | None):
 
         strategy = strategy_for(train_config.strategy)
         fit = functools.partial(fit_distributed, strategy=strategy, agreement=plan.key)
-    from models.discrete import EVAL_DATA_SEED, convert_epoch_metrics
     from models.vae import VAE
     from tasks.store.streaming import make_tf_dataset
 
@@ -307,8 +306,9 @@ def _train_and_save(plan: _Plan, train_config: TrainConfig) -> TrainOutput:
     tracking.set_tags(
         run_id, {"aevb.best_epoch": result.best_epoch, "aevb.stopped_early": result.stopped_early}
     )
+    curves = [convert_epoch_metrics(h, transform, m.input_dim) for h in result.history]
     plots_logged = run_records.log_training_plots(
-        run_id, vae, plan.root, m, result.history, train_config.seed
+        run_id, vae, plan.root, m, curves, train_config.seed
     )
     tracking.end_run(run_id)  # later stages (evaluate, register) may still log to a finished run
     info = {
