@@ -19,7 +19,13 @@ from typing import Any, Literal
 
 from flows.config_sources import read_config_file
 from models import constants as C
-from models.config import ModelConfig, SampleConfig, TrainConfig, preset_overrides
+from models.config import (
+    ModelConfig,
+    SampleConfig,
+    TrainConfig,
+    check_binarize,
+    preset_overrides,
+)
 from models.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -294,6 +300,9 @@ class PipelineConfig:
     pipeline: PipelineSection = field(default_factory=PipelineSection)
     score: ScoreSection = field(default_factory=ScoreSection)
     sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self) -> None:
+        check_binarize(self.train.binarize, self.model.likelihood)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -59,6 +59,8 @@ class PipelineSummary:
     flow_run_id: str = ""  # the Prefect flow run (also tagged on the MLflow run: lineage)
     flow_run_name: str = ""
     flow_run_url: str = ""
+    score_kind: str = ""  # what kind of number log p(x) is (tasks/scoring.py `score_kind`)
+    bits_per_dim: float | None = None  # beside the nats, where log p(x) is a log-probability
 
     @classmethod
     def of(
@@ -108,6 +110,8 @@ class PipelineSummary:
             lock_released_at=released_at,
             artifact_key=artifact_key(model_name),
             plots=tuple(getattr(trained, "plots", ()) or ()),
+            score_kind="" if ev is None else ev.score_kind,
+            bits_per_dim=None if ev is None else getattr(ev, "bits_per_dim", None),
             flow_run_id=run.get("flow_run_id", ""),
             flow_run_name=run.get("flow_run_name", ""),
             flow_run_url=run.get("flow_run_url", ""),
@@ -202,6 +206,10 @@ def _result_lines(s: Any) -> list[str]:
             f"  test log p(x) (IS, K={s.num_importance_samples})  "
             f"{s.test_log_marginal_likelihood:.3f} +- {s.test_log_marginal_likelihood_stderr:.3f} nats",
         ]
+        if getattr(s, "score_kind", ""):
+            bpd = getattr(s, "bits_per_dim", None)
+            extra = "" if bpd is None else f", {bpd:.4f} bits/dim"
+            lines.append(f"  kind of number             {s.score_kind}{extra}")
     elif s.test_log_marginal_likelihood is not None:
         lines.append(
             f"  test log p(x)              {s.test_log_marginal_likelihood:.3f} nats "
@@ -272,10 +280,13 @@ def summary_markdown(s: Any, trained: Any, evaluated: Any | None) -> str:
                 f"{evaluated.log_marginal_likelihood:.4f} +- {evaluated.log_marginal_likelihood_stderr:.4f}",
             ),
             (f"{evaluated.split} ELBO (nats)", f"{evaluated.elbo:.4f}"),
+            ("kind of number", evaluated.score_kind or "unknown"),
             (f"{evaluated.split} KL (nats)", f"{evaluated.kl:.4f}"),
             (f"{evaluated.split} active units", str(evaluated.active_units)),
             (f"{evaluated.split} rows", str(evaluated.rows)),
         ]
+        if getattr(evaluated, "bits_per_dim", None) is not None:
+            rows.append((f"{evaluated.split} bits/dim", f"{evaluated.bits_per_dim:.4f}"))
     if s.latent_rows:
         rows.append(("latent table rows", str(s.latent_rows)))
     md += [f"| {k} | {v} |" for k, v in rows]

@@ -33,6 +33,12 @@ Architecture = Literal["mlp", "conv"]  # conv: strided convolutions, for 2-D / 3
 # dict, so an MLP's config.json, run key and checkpoint fingerprint stay as they were before conv
 # models existed; a dict without `architecture` therefore means "mlp", which must stay the default.
 CONV_FIELDS = ("architecture", "conv_channels", "conv_kernel_size")
+# The Gaussian decoder's std floor: exp(-6) is where the log-variance clip sat before it was a
+# setting. `to_dict` leaves min_std at this default (and train.binarize at "none") out of the dict,
+# so existing config.json files, run keys and checkpoint fingerprints stay as they were.
+DEFAULT_MIN_STD = math.exp(-6.0)
+MAX_MIN_STD = math.exp(4.0)  # the log-variance ceiling's std (models/vae.py LOG_VAR_MAX = 8)
+Binarize = Literal["none", "dynamic"]  # models/discrete.py
 # models/precision.py: bfloat16 matmuls (float32 everything else) where the hardware has them.
 Precision = Literal["float32", "mixed_bfloat16"]
 # Data-parallel training (models/distributed.py): none, local devices, or a TF_CONFIG cluster.
@@ -82,6 +88,8 @@ class ModelConfig:
         architecture: mlp (dense layers, the paper's) or conv (images only, see below)
         conv_channels: conv: channels of each stride-2 convolution of the encoder {ints >= 1}
         conv_kernel_size: conv: side of the square kernels {>= 1}
+        min_std: gaussian: floor of the decoder's learned std (a warning says when most pixels
+            sit on it) {finite, 0 < min_std < 54.6}
 
     ``architecture="conv"``: the encoder is ``len(conv_channels)`` stride-2 convolutions
     (``conv_kernel_size`` square kernels) then dense ``hidden_sizes`` to the Gaussian heads; the
@@ -98,6 +106,7 @@ class ModelConfig:
     architecture: Architecture = "mlp"
     conv_channels: tuple[int, ...] = (32, 64)
     conv_kernel_size: int = 3
+    min_std: float = DEFAULT_MIN_STD
 
     def __post_init__(self) -> None:
         for name in ("feature_shape", "hidden_sizes", "conv_channels"):
@@ -122,6 +131,13 @@ class ModelConfig:
                 "positive integers (channels of each stride-2 convolution), e.g. [32, 64]"
             )
         _check_positive("model.conv_kernel_size", self.conv_kernel_size, integer=True)
+        _check_positive("model.min_std", self.min_std)
+        object.__setattr__(self, "min_std", float(self.min_std))
+        if not self.min_std < MAX_MIN_STD:
+            raise ConfigError(
+                f"model.min_std={self.min_std!r} must be < {MAX_MIN_STD:.4g} (the largest std the "
+                f"decoder can output); the default is {DEFAULT_MIN_STD:.6g}"
+            )
 
     @property
     def input_dim(self) -> int:
@@ -150,6 +166,15 @@ def check_architecture(model: ModelConfig, theta: str = "map", dataset: str = ""
         )
 
 
+def check_binarize(binarize: str, likelihood: str) -> None:
+    """Refuse train.binarize='dynamic' for a decoder that is not Bernoulli."""
+    if binarize != "none" and likelihood != "bernoulli":
+        raise ConfigError(
+            f"train.binarize={binarize!r} needs model.likelihood='bernoulli' (got {likelihood!r}): "
+            "set train.binarize='none' (continuous likelihoods are dequantized instead)"
+        )
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """SGVB optimisation settings. ``num_samples`` is L (estimators A/B) or k (iwae).
@@ -172,6 +197,8 @@ class TrainConfig:
             AVX-512 BF16/AMX and on GPUs); weights, optimiser state and checkpoints stay float32
         strategy: default = one device; mirrored = every local GPU (one replica each);
             multi_worker = the machines named by TF_CONFIG, each started with the same config
+        binarize: bernoulli only: none = train on the stored intensities; dynamic = a fresh
+            x ~ Bernoulli(intensity) each epoch, evaluated on one fixed binarization (IWAE protocol)
     """
 
     epochs: int = 20
@@ -189,6 +216,7 @@ class TrainConfig:
     # "mirrored": all local GPUs (one replica per device); "multi_worker": the machines named by
     # the TF_CONFIG environment variable, each started with the same config (models/distributed.py)
     strategy: Strategy = "default"
+    binarize: Binarize = "none"  # "dynamic": Bernoulli decoder only (models/discrete.py)
 
     def __post_init__(self) -> None:
         _check_positive("train.epochs", self.epochs, integer=True)
@@ -222,6 +250,7 @@ class TrainConfig:
                 "not supported with it: set train.estimator='B' or train.theta='map'"
             )
         _check_choice("train.strategy", self.strategy, Strategy)
+        _check_choice("train.binarize", self.binarize, Binarize)
         if self.strategy != "default" and self.theta != "map":
             raise ConfigError(
                 f"train.strategy={self.strategy!r} trains train.theta='map' only; "
@@ -299,6 +328,10 @@ def to_dict(config: Any) -> dict[str, Any]:
     if isinstance(config, ModelConfig) and config.architecture == "mlp":
         for name in CONV_FIELDS:
             out.pop(name)
+    if isinstance(config, ModelConfig) and config.min_std == DEFAULT_MIN_STD:
+        out.pop("min_std")
+    if isinstance(config, TrainConfig) and config.binarize == "none":
+        out.pop("binarize")
     return out
 
 
@@ -312,10 +345,12 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
 
 __all__ = [
     "CONV_FIELDS",
+    "DEFAULT_MIN_STD",
     "ModelConfig",
     "SampleConfig",
     "TrainConfig",
     "check_architecture",
+    "check_binarize",
     "PRESETS",
     "preset_overrides",
     "to_dict",

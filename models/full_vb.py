@@ -50,7 +50,9 @@ from models.vae import ACTIVATIONS, LOG_VAR_MAX, LOG_VAR_MIN, VAE, soft_clip
 tfd = tfp.distributions
 
 
-def _likelihood_from_outputs(kind: str, out: tf.Tensor) -> tfd.Distribution:
+def _likelihood_from_outputs(
+    kind: str, out: tf.Tensor, log_var_min: float = LOG_VAR_MIN
+) -> tfd.Distribution:
     """The decoder head of `VAE.likelihood`, for decoder outputs computed with sampled weights."""
     if kind == "bernoulli":
         base = tfd.Bernoulli(logits=out, dtype=tf.float32)
@@ -58,7 +60,7 @@ def _likelihood_from_outputs(kind: str, out: tf.Tensor) -> tfd.Distribution:
         base = tfd.ContinuousBernoulli(logits=out)
     else:
         mean_logits, raw_log_var = tf.split(out, 2, axis=-1)
-        log_var = soft_clip(raw_log_var, LOG_VAR_MIN, LOG_VAR_MAX)
+        log_var = soft_clip(raw_log_var, log_var_min, LOG_VAR_MAX)
         base = tfd.Normal(loc=tf.sigmoid(mean_logits), scale=tf.exp(0.5 * log_var))
     return tfd.Independent(base, reinterpreted_batch_ndims=1)
 
@@ -81,7 +83,7 @@ class DecoderSample:
             h = tf.matmul(h, w) + b
             if i < len(self.weights) - 1:
                 h = act(h)
-        return _likelihood_from_outputs(self.config.likelihood, h)
+        return _likelihood_from_outputs(self.config.likelihood, h, self.vae.log_var_min)
 
     def decode_mean(self, z: tf.Tensor) -> tf.Tensor:
         return self.likelihood(z).mean()

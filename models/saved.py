@@ -119,9 +119,14 @@ def read_config(path: str) -> tuple[ModelConfig, dict]:
 
 
 def load_vae(path: str) -> VAE:
-    """Rebuild the full VAE from a saved model directory (weights equal bit for bit)."""
-    config, _ = read_config(path)
+    """Rebuild the full VAE from a saved model directory (weights equal bit for bit).
+
+    ``model.binarize`` is the train.binarize it was trained with (config.json's "binarize",
+    "none" for models saved before the setting existed): evaluation binarizes the split likewise.
+    """
+    config, meta = read_config(path)
     model = VAE(config)
+    model.binarize = str(meta.get("binarize", "none"))
     # The SavedModel's variables/ is an object-based checkpoint rooted at _Serving, whose child
     # "model" is the VAE: a Checkpoint with the same child name restores it structurally.
     try:

@@ -26,7 +26,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from models import precision
-from models.config import ModelConfig, check_architecture
+from models.config import DEFAULT_MIN_STD, ModelConfig, check_architecture
 
 tfd = tfp.distributions
 
@@ -237,6 +237,10 @@ class VAE(tf.Module):
         super().__init__(name=name)
         check_architecture(config)
         self.config = config
+        # The Gaussian decoder's std floor, model.min_std (the default is exactly LOG_VAR_MIN).
+        self.log_var_min = (
+            LOG_VAR_MIN if config.min_std == DEFAULT_MIN_STD else 2.0 * math.log(config.min_std)
+        )
         d, k, h = config.input_dim, config.latent_dim, config.hidden_sizes
         outputs = 2 if config.likelihood == "gaussian" else 1  # mean logits (+ log-variances)
         if config.architecture == "conv":
@@ -286,10 +290,31 @@ class VAE(tf.Module):
             base = tfd.ContinuousBernoulli(logits=out)
         else:  # gaussian: the paper's Frey Face decoder, mean through a sigmoid, learned variance.
             mean_logits, raw_log_var = tf.split(out, 2, axis=-1)
-            log_var = soft_clip(raw_log_var, LOG_VAR_MIN, LOG_VAR_MAX)
+            log_var = soft_clip(raw_log_var, self.log_var_min, LOG_VAR_MAX)
             base = tfd.Normal(loc=tf.sigmoid(mean_logits), scale=tf.exp(0.5 * log_var))
         return tfd.Independent(base, reinterpreted_batch_ndims=1)
+
+    def decoder_std(self, z: tf.Tensor) -> tf.Tensor:
+        """The Gaussian decoder's std [..., D] at z (its floor is model.min_std)."""
+        return self.likelihood(z).distribution.scale
 
     def decode_mean(self, z: tf.Tensor) -> tf.Tensor:
         """E[x|z], [..., D]."""
         return self.likelihood(z).mean()
+
+
+# A learned std within this factor of model.min_std counts as "on the floor" (the soft clip only
+# approaches the floor: exp(0.5 * log_var) -> min_std as the raw log-variance -> -inf).
+FLOOR_TOLERANCE = 1.1
+FLOOR_WARN_FRACTION = 0.5  # warn when more than this fraction of pixels sit on the floor
+
+
+def std_floor_fraction(model: VAE, x: tf.Tensor) -> float | None:
+    """Fraction of the decoder std entries [rows, D] at z = E[z|x] within FLOOR_TOLERANCE of
+    model.min_std; None for a decoder without a learned std (not gaussian)."""
+    if model.config.likelihood != "gaussian":
+        return None
+    mean, _ = model.posterior_params(tf.convert_to_tensor(x, tf.float32))
+    std = model.decoder_std(mean)
+    on_floor = std <= model.config.min_std * FLOOR_TOLERANCE
+    return float(tf.reduce_mean(tf.cast(on_floor, tf.float32)))

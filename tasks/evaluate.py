@@ -13,6 +13,11 @@ docs/evaluation.md. With a ``run_id`` it logs to that MLflow run:
 - the per-point estimates as `evaluation/<split>-<method>-k<K>-per-point.parquet`;
 
 and inside a Prefect run it publishes a table artifact summarising the numbers.
+
+On integer-stored data a continuous decoder is evaluated on a fixed dequantization of the split,
+and a Bernoulli decoder trained with train.binarize='dynamic' on a fixed binarization; every
+log p(x)/ELBO is then about the stored values (models/discrete.py), with bits/dim beside it, and
+`score_kind` (also the run tag `aevb.score_kind`) says which kind of number it is.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class EvaluationSummary:
     active_units: int | None
     method: str = "is"
     score_kind: str = ""  # what kind of number log p(x) is (tasks/scoring.py `score_kind`)
+    bits_per_dim: float | None = None  # -log p(x) / (D ln 2) where log p(x) is a log-probability
     seed: int = 0
     metrics_logged: dict[str, float] = field(default_factory=dict)
     per_point_artifact: str | None = None  # path in the MLflow run, e.g. evaluation/test-is-...
@@ -107,7 +113,7 @@ def evaluate(
     if run_id:
         tracking.log_metrics(run_id, metrics, step=num_samples)
         tag = "aevb.eval_num_samples" if method == "is" else f"aevb.eval_{method}_num_samples"
-        tracking.set_tags(run_id, {tag: num_samples})
+        tracking.set_tags(run_id, {tag: num_samples, "aevb.score_kind": ev.score_kind})
         provenance = {
             "dataset": manifest.name,
             "dataset_version": manifest.version,
@@ -135,6 +141,7 @@ def evaluate(
         active_units=int(s["active_units"]) if is_method else None,
         method=method,
         score_kind=ev.score_kind,
+        bits_per_dim=float(s["bits_per_dim"]) if "bits_per_dim" in s else None,
         seed=seed,
         metrics_logged=metrics,
         per_point_artifact=artifact,

@@ -36,7 +36,7 @@ from prefect.futures import wait
 
 from models import constants as C
 from models.errors import ConfigError, DatasetError
-from tasks import tracking
+from tasks import scoring, tracking
 from tasks.logs import ProgressLogger, logger
 from tasks.store import datasets, fs, publish, readers, tables
 
@@ -91,11 +91,12 @@ class Scorer:
     def __init__(self, saved_model_dir: str):
         import tensorflow as tf
 
+        self.saved_model_dir = saved_model_dir
         from models.marginal import DatasetEvaluator, elbo_from_noise
         from models.saved import load_vae
 
         vae = load_vae(saved_model_dir)
-        self._tf = tf
+        self._tf, self.vae = tf, vae
 
         def elbo(x, mean, std, eps):
             return elbo_from_noise(vae, x, mean, std, eps)
@@ -149,6 +150,19 @@ def score_rows(
     return scores
 
 
+def discrete_scores(scorer: Scorer, x, codes, manifest, noise, log_px_samples: int, seed: list):
+    """`score_rows` on x as the model sees it (dequantized / binarized with a fixed seed, like
+    evaluate; ``codes``: (z_mean, z_std) of x), as numbers about the stored data (models/discrete)."""
+    from models.discrete import transform_rows
+
+    transform = scoring.model_transform(scorer.vae, manifest)
+    if transform.kind != "none":
+        x = transform_rows(transform, x, *seed)
+        codes = make_encoder(scorer.saved_model_dir)(x)
+    scores = score_rows(scorer, x, *codes, noise, log_px_samples, seed)
+    return {k: v + transform.offset(manifest.input_dim) for k, v in scores.items()}
+
+
 def encode_part(
     saved_model_dir: str,
     part: str,
@@ -187,7 +201,8 @@ def encode_part(
             if samples:
                 eps = rng.standard_normal((len(x), samples, latent_dim), np.float32)
                 z = z_mean[:, None, :] + z_std[:, None, :] * eps
-            row_scores = score_rows(scorer, x, z_mean, z_std, noise, log_px_samples, [*seed, b])
+            codes, key = (z_mean, z_std), [*seed, b]
+            row_scores = discrete_scores(scorer, x, codes, manifest, noise, log_px_samples, key)
             ids, labels = rb.column(C.COL_ID), rb.column(C.COL_LABEL)
             batch = tables.latent_batch(schema, ids, split, labels, z_mean, z_std, z, row_scores)
             writer.write_table(batch)
@@ -263,7 +278,7 @@ def export_latents(
     resolved = tracking.resolve_model(model_uri)
     model_name = resolved.name or "unregistered"
     model_version = resolved.version if resolved.version is not None else (resolved.run_id or "0")
-    final = table_path(root, manifest, model_name, model_version, scores_table)
+    final = tables.output_table_path(root, manifest, model_name, model_version, scores_table)
     stage_name = "score" if scores_table else "export"
     key = {
         "dataset_version": manifest.version,
@@ -279,7 +294,6 @@ def export_latents(
         logger().info("%s: %s already holds this model and dataset version", stage_name, final)
         rows = int(existing["rows"])
         return ExportOutput(final, rows, model_uri, resolved.version, manifest.version, False)
-
     latent_dim = check_model_fits(resolved.saved_model_dir, manifest, model_uri)  # TF: not on no-op
     provenance = {
         "model_uri": model_uri,
@@ -288,6 +302,7 @@ def export_latents(
         "run_id": resolved.run_id,
         "dataset": manifest.name,
         "latent_dim": latent_dim,
+        "score_kind": scoring.model_facts(resolved.saved_model_dir, manifest.name, manifest).kind,
         **key,
     }
     calls = _part_calls(
@@ -307,16 +322,10 @@ def export_latents(
 
     start = time.perf_counter()
     doc = tables.publish_table(final, fill)
-    seconds = time.perf_counter() - start
-    logger().info(
-        "%s: wrote %d rows to %s in %.1f s (%.0f rows/s)",
-        stage_name,
-        doc["rows"],
-        final,
-        seconds,
-        doc["rows"] / max(seconds, 1e-9),
-    )
-    return ExportOutput(final, doc["rows"], model_uri, resolved.version, manifest.version, True)
+    rows, seconds = doc["rows"], time.perf_counter() - start
+    log_line = "%s: wrote %d rows to %s in %.1f s (%.0f rows/s)"
+    logger().info(log_line, stage_name, rows, final, seconds, rows / max(seconds, 1e-9))
+    return ExportOutput(final, rows, model_uri, resolved.version, manifest.version, True)
 
 
 def check_model_fits(saved_model_dir: str, manifest: datasets.DatasetManifest, uri: str) -> int:
@@ -334,22 +343,6 @@ def check_model_fits(saved_model_dir: str, manifest: datasets.DatasetManifest, u
         )
     datasets.check_model_inputs(manifest, config.likelihood)
     return config.latent_dim
-
-
-def table_path(
-    root: str,
-    manifest: datasets.DatasetManifest,
-    model_name: str,
-    model_version: int | str,
-    scores_table: bool,
-) -> str:
-    """Where export (latents/, one table per model version) or score (scores/, one per dataset
-    version) publishes."""
-    if scores_table:
-        return tables.score_table_path(
-            root, manifest.name, model_name, model_version, manifest.version
-        )
-    return tables.latent_table_path(root, manifest.name, model_name, model_version)
 
 
 DEFAULT_SCORE_LOG_PX_SAMPLES = 1000

@@ -76,6 +76,33 @@ def log_training_plots(
     return [f"{PLOTS_ARTIFACT}/{os.path.basename(p)}" for p in paths]
 
 
+TAG_STD_FLOOR = "aevb.warning.std_floor"
+
+
+def warn_std_floor(run_id: str | None, vae, data_root: str, manifest: datasets.DatasetManifest):
+    """A Gaussian decoder whose learned std sits on model.min_std for most pixels (on held-out
+    rows, dequantized as in training): one log line and the MLflow tag `aevb.warning.std_floor`.
+    Returns the fraction on the floor (None for other decoders)."""
+    from models.discrete import transform_rows
+    from models.vae import FLOOR_WARN_FRACTION, std_floor_fraction
+    from tasks.scoring import model_transform
+
+    if vae.config.likelihood != "gaussian":
+        return None
+    x, _ = held_out_rows(data_root, manifest, max_rows=500)
+    fraction = std_floor_fraction(vae, transform_rows(model_transform(vae, manifest), x, 0, 0))
+    if fraction > FLOOR_WARN_FRACTION:
+        message = (
+            f"the Gaussian decoder's std sits on its floor model.min_std={vae.config.min_std:.4g} "
+            f"for {fraction:.0%} of held-out pixels: its log-density is set by the floor, not "
+            "learned (lower model.min_std, or use a likelihood for discrete data)"
+        )
+        logger().warning("train: warning: %s", message)
+        if run_id:
+            tracking.set_tags(run_id, {TAG_STD_FLOOR: message})
+    return fraction
+
+
 def lineage_tags(root: str, m: datasets.DatasetManifest) -> dict[str, str]:
     """Where the data came from and which Prefect flow run trained the model (both ways: the
     pipeline's Prefect artifact links back to this run). Tags are refreshed on resume."""

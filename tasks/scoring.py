@@ -32,6 +32,14 @@ import numpy as np
 import pyarrow as pa
 
 from models import constants as C
+from models.discrete import (
+    InputTransform,
+    convert_per_point,
+    convert_summary,
+    data_levels,
+    input_transform,
+    transform_rows,
+)
 from models.errors import ConfigError
 from tasks import tracking
 from tasks.logs import ProgressLogger
@@ -39,10 +47,11 @@ from tasks.store import fs, readers
 from tasks.store.datasets import DatasetManifest
 
 Method = Literal["is", "ais", "hmc"]
-# A Bernoulli decoder's log p(x) is a log-probability of the stored [0, 1] values; a Gaussian or
-# continuous-Bernoulli decoder's a log-density of continuous values. Different measures: never
-# compared. A log p(x) converted to the discrete data (log density - D log 256 on 8-bit data, for
-# any decoder) will be its own kind, shared by every likelihood: return it here.
+# What a log p(x) is (models/discrete.py `InputTransform.score_kind`): on L-level integer data a
+# continuous decoder's (dequantized, converted by -D log L) and a Bernoulli decoder's on binary
+# data are "log-probability:<L>-level", comparable across likelihoods; a Bernoulli decoder trained
+# with train.binarize="dynamic" scores "log-probability:binarized". Otherwise the legacy kinds: a
+# Bernoulli decoder's on [0, 1] intensities, or a log-density of continuous values.
 SCORE_KINDS = {
     "bernoulli": "log-probability:bernoulli",
     "gaussian": "log-density:gaussian",
@@ -88,11 +97,13 @@ def stream_split(
     max_points: int | None,
     ids: list,
     labels: list,
+    transform: InputTransform | None = None,
 ) -> Iterator[np.ndarray]:
-    """Yield x [B, D] float32 in stored order, appending each batch's ids and labels to the lists."""
+    """Yield x [B, D] float32 in stored order, appending each batch's ids and labels to the lists;
+    with a ``transform``, batch i is dequantized/binarized with the fixed evaluation seed and i."""
     remaining = max_points
-    for batch_ids, x, batch_labels in readers.iter_batches(
-        data_root, manifest.name, manifest.version, split, batch_size
+    for i, (batch_ids, x, batch_labels) in enumerate(
+        readers.iter_batches(data_root, manifest.name, manifest.version, split, batch_size)
     ):
         if remaining is not None:
             if remaining <= 0:
@@ -105,13 +116,29 @@ def stream_split(
             remaining -= len(batch_ids)
         ids.append(np.asarray(batch_ids, dtype=object))
         labels.append(np.asarray(batch_labels, dtype=np.int64))
-        yield x
+        yield x if transform is None else transform_rows(transform, x, 0, i)
 
 
-def score_kind(likelihood: str, manifest: DatasetManifest | None = None) -> str:
+def manifest_levels(manifest: DatasetManifest | None) -> int | None:
+    """L of a dataset stored as integers 0..L-1 scaled into [0, 1]; None for continuous data."""
+    if manifest is None:
+        return None
+    return data_levels(manifest.storage_dtype, manifest.scale, manifest.value_range)
+
+
+def score_kind(
+    likelihood: str, manifest: DatasetManifest | None = None, binarize: str = "none"
+) -> str:
     """What kind of number log p(x) of a ``likelihood`` decoder on ``manifest``'s data is; scores
     are comparable only when their kinds are equal (`tasks.register`)."""
-    return SCORE_KINDS.get(likelihood, f"log-density:{likelihood}")
+    kind = input_transform(likelihood, binarize, manifest_levels(manifest)).score_kind
+    return kind or SCORE_KINDS.get(likelihood, f"log-density:{likelihood}")
+
+
+def model_transform(model, manifest: DatasetManifest) -> InputTransform:
+    """The `InputTransform` of a loaded model (`models.saved.load_vae` sets ``binarize``)."""
+    binarize = getattr(model, "binarize", "none")
+    return input_transform(model.config.likelihood, binarize, manifest_levels(manifest))
 
 
 @dataclass(frozen=True)
@@ -142,11 +169,18 @@ class ScoreFacts:
         return ""
 
 
-def model_facts(saved_model_dir: str, dataset: str) -> ScoreFacts:
+def model_facts(
+    saved_model_dir: str, dataset: str, manifest: DatasetManifest | None = None
+) -> ScoreFacts:
+    """A saved model's facts; its score kind on ``manifest``'s data, else on its training data's
+    (config.json's data_levels; models saved before it existed get the legacy kinds)."""
     from models.saved import read_config
 
-    config, _ = read_config(saved_model_dir)
-    return ScoreFacts(dataset, tuple(config.feature_shape), score_kind(config.likelihood))
+    config, meta = read_config(saved_model_dir)
+    levels = manifest_levels(manifest) if manifest is not None else meta.get("data_levels")
+    kind = input_transform(config.likelihood, meta.get("binarize", "none"), levels).score_kind
+    legacy = SCORE_KINDS.get(config.likelihood, f"log-density:{config.likelihood}")
+    return ScoreFacts(dataset, tuple(config.feature_shape), kind or legacy)
 
 
 def quantization_step(manifest: DatasetManifest) -> float | None:
@@ -191,15 +225,18 @@ def evaluate_split(
     ids: list = []
     labels: list = []
     options = dict(options or {})
+    transform = model_transform(model, manifest)
+    stream = (data_root, manifest, split, batch_size, max_points, ids, labels, transform)
     if method == "is":
-        rows = stream_split(data_root, manifest, split, batch_size, max_points, ids, labels)
         result = evaluate_dataset(
             model,
-            rows,
+            stream_split(*stream),
             num_samples,
             seed=seed,
             progress=progress,
-            quantization_step=quantization_step(manifest),
+            quantization_step=None
+            if transform.kind == "dequantize"
+            else quantization_step(manifest),
         )
         per_point = {
             "log_marginal": result.log_marginal,
@@ -208,10 +245,13 @@ def evaluate_split(
         per_point.update({k: getattr(result, k) for k in _IS_COLUMNS})
         summary = result.summary()
     else:
-        rows = list(stream_split(data_root, manifest, split, batch_size, max_points, ids, labels))
+        rows = list(stream_split(*stream))
         per_point, summary = _cross_check(
             model, method, np.concatenate(rows), num_samples, seed, options, progress
         )
+    if transform.kind != "none":  # to numbers about the stored data (models/discrete.py)
+        per_point = convert_per_point(per_point, transform, manifest.input_dim)
+        summary = convert_summary(summary, transform, manifest.input_dim)
     return SplitEvaluation(
         method,
         split,
@@ -221,7 +261,7 @@ def evaluate_split(
         per_point,
         summary,
         options,
-        score_kind(model.config.likelihood, manifest),
+        score_kind(model.config.likelihood, manifest, getattr(model, "binarize", "none")),
     )
 
 
@@ -259,7 +299,7 @@ def _cross_check(
     summary["is_log_marginal_likelihood"] = float(np.mean(is_result.log_marginal))
     summary["minus_is_log_marginal_likelihood"] = summary["log_marginal_likelihood"] - float(
         np.mean(is_result.log_marginal)
-    )
+    )  # a difference: the discrete conversion cancels in it
     return per_point, summary
 
 
@@ -329,6 +369,8 @@ def publish_table_artifact(evaluation: SplitEvaluation, dataset: str, model: str
 __all__ = [
     "METHODS",
     "ScoreFacts",
+    "manifest_levels",
+    "model_transform",
     "ProgressLogger",
     "SplitEvaluation",
     "evaluate_split",

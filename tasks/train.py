@@ -26,9 +26,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from models import constants as C
-from models.config import ModelConfig, TrainConfig, check_architecture, to_dict
+from models.config import ModelConfig, TrainConfig, check_architecture, check_binarize, to_dict
+from models.discrete import EVAL_DATA_SEED, InputTransform, convert_epoch_metrics, input_transform
 from models.errors import StorageError, TrainingDivergedError
-from tasks import run_records, tracking
+from tasks import run_records, scoring, tracking
 from tasks.logs import logger
 from tasks.run_records import PLOTS_ARTIFACT
 from tasks.store import datasets, fs, publish
@@ -50,9 +51,7 @@ class TrainOutput:
     resumed_from_epoch: int
     reused: bool  # True when an identical finished run was found and nothing was trained
     plots: tuple[str, ...] = ()  # artifact paths in the MLflow run, e.g. plots/manifold.png
-    # train.strategy='multi_worker': "chief of N workers" or "worker i of N" ("" in one process);
-    # only the chief has a run id and a saved model
-    cluster_role: str = ""
+    cluster_role: str = ""  # multi_worker: "chief of N workers" / "worker i of N" (no run, model)
     model_uri: str = ""  # runs:/<run id>/model, the logged pyfunc ("" on non-chief workers)
 
 
@@ -60,9 +59,10 @@ def experiment_name(dataset: str) -> str:
     return f"aevb-{dataset}"
 
 
-def run_key(model: ModelConfig, train: TrainConfig, dataset: str, version: str) -> str:
-    """What identifies a training: the model and train configs and the dataset version."""
-    train_dict = to_dict(train)
+def run_key(model, train: TrainConfig, dataset: str, version: str, inputs: str = "none") -> str:
+    """What identifies a training: the model and train configs, the dataset version, and the
+    input transform (models/discrete.py; "none", the only one before it existed, adds nothing)."""
+    train_dict = {**to_dict(train), **({"inputs": inputs} if inputs != "none" else {})}
     if train_dict.get("strategy") == "default":  # keys of runs made before the option stay
         del train_dict["strategy"]
     blob = json.dumps(
@@ -72,14 +72,6 @@ def run_key(model: ModelConfig, train: TrainConfig, dataset: str, version: str) 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as fh:
-            return fh.read().strip()
-    except FileNotFoundError:
-        return None
-
-
 @dataclass(frozen=True)
 class _Plan:
     root: str
@@ -87,6 +79,11 @@ class _Plan:
     model: ModelConfig
     key: str
     ckpt_dir: str
+    transform: InputTransform | None = None  # what the training inputs go through
+
+    def state(self, name: str) -> str | None:
+        """A state file of the checkpoint folder (run_id, DONE), None while absent."""
+        return (fs.read_text(os.path.join(self.ckpt_dir, name)) or "").strip() or None
 
     @property
     def saved_dir(self) -> str:
@@ -128,17 +125,19 @@ def plan_training(
     manifest = datasets.load_manifest(root, dataset, version)
     model = dataclasses.replace(model, feature_shape=tuple(manifest.feature_shape))
     datasets.check_model_inputs(manifest, model.likelihood)
+    check_binarize(train_config.binarize, model.likelihood)
     datasets.check_trainable(manifest, train_config.batch_size)
     check_architecture(model, train_config.theta, manifest.name)
-    key = run_key(model, train_config, manifest.name, manifest.version)
+    t = input_transform(model.likelihood, train_config.binarize, scoring.manifest_levels(manifest))
+    key = run_key(model, train_config, manifest.name, manifest.version, t.kind)
     base = checkpoint_root or default_checkpoint_root(root)
-    return _Plan(root, manifest, model, key, os.path.join(base, f"{manifest.name}-{key}"))
+    return _Plan(root, manifest, model, key, os.path.join(base, f"{manifest.name}-{key}"), t)
 
 
 def _open_run(plan: _Plan, train_config: TrainConfig) -> str:
     """The MLflow run of this training: the one a killed attempt started, else a new one."""
     m = plan.manifest
-    run_id = _read(os.path.join(plan.ckpt_dir, "run_id"))
+    run_id = plan.state("run_id")
     if not run_id or not tracking.run_exists(run_id):
         run_id = tracking.start_run(
             plan.experiment,
@@ -178,7 +177,7 @@ def _fit(plan: _Plan, train_config: TrainConfig, run_id: str | None):
     from models.vae import VAE
     from tasks.store.streaming import make_tf_dataset
 
-    m, log = plan.manifest, logger()
+    m, log, transform = plan.manifest, logger(), plan.transform
 
     def make_train_data(epoch: int):
         return make_tf_dataset(
@@ -190,9 +189,11 @@ def _fit(plan: _Plan, train_config: TrainConfig, run_id: str | None):
             shuffle=True,
             seed=train_config.seed,
             epoch=epoch,
+            transform=transform,
         )
 
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+        metrics = convert_epoch_metrics(metrics, transform, m.input_dim)  # about the stored data
         if run_id:
             tracking.log_metrics(
                 run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch
@@ -212,7 +213,9 @@ def _fit(plan: _Plan, train_config: TrainConfig, run_id: str | None):
         from models.full_vb import fit_vae_full_vb as fit
     if (n_valid := m.rows.get(C.VALID, 0)) < train_config.batch_size:
         log.warning("train: the best epoch is chosen on %d valid rows (< one batch)", n_valid)
-    valid = make_tf_dataset(plan.root, m.name, m.version, C.VALID, 1000)  # every row counts
+    valid = make_tf_dataset(  # every row counts
+        plan.root, m.name, m.version, C.VALID, 1000, seed=EVAL_DATA_SEED, transform=transform
+    )
     result = fit(
         vae,
         make_train_data,
@@ -300,17 +303,21 @@ def _train_and_save(plan: _Plan, train_config: TrainConfig) -> TrainOutput:
         log.info("train: resumed from epoch %d checkpoint", result.resumed_from_epoch)
     with _checkpoint_faults(plan.saved_dir):
         extra = {"dataset": m.name, "dataset_version": m.version, "run_id": run_id}
-        extra.update(scale=m.scale, value_range=list(m.value_range))
-        save_model(vae, plan.saved_dir, extra=extra)
+        transform = plan.transform
+        extra.update(scale=m.scale, value_range=list(m.value_range), data_levels=transform.levels)
+        save_model(vae, plan.saved_dir, extra={**extra, "binarize": train_config.binarize})
+    run_records.warn_std_floor(run_id, vae, plan.root, m)
     tracking.set_tags(
         run_id, {"aevb.best_epoch": result.best_epoch, "aevb.stopped_early": result.stopped_early}
     )
+    curves = [convert_epoch_metrics(h, transform, m.input_dim) for h in result.history]
     plots_logged = run_records.log_training_plots(
-        run_id, vae, plan.root, m, result.history, train_config.seed
+        run_id, vae, plan.root, m, curves, train_config.seed
     )
     run_records.log_model(run_id, plan.saved_dir, plan.root, plan.manifest)
     tracking.end_run(run_id)  # later stages (evaluate, register) may still log to a finished run
     info = _done_info(result)
+    info["best_valid_elbo"] += plan.transform.offset(m.input_dim)  # about the stored data
     publish.write_text_atomic(os.path.join(plan.ckpt_dir, "DONE"), json.dumps(info))
     return plan.output(run_id, info, result.resumed_from_epoch, reused=False, plots=plots_logged)
 
@@ -338,10 +345,7 @@ def _checkpoint_faults(path: str):
 
 def _finished(plan: _Plan) -> tuple[str, dict] | None:
     """(run id, DONE info) of this exact training when it finished and is still tracked."""
-    run_id, done = (
-        _read(os.path.join(plan.ckpt_dir, "run_id")),
-        _read(os.path.join(plan.ckpt_dir, "DONE")),
-    )
+    run_id, done = plan.state("run_id"), plan.state("DONE")
     if done and run_id and tracking.run_exists(run_id) and os.path.isdir(plan.saved_dir):
         return run_id, json.loads(done)
     return None

@@ -185,8 +185,8 @@ def run(args: argparse.Namespace, options: dict[str, Any]) -> int:
 def format_summary(model: str, dataset: str, s: Any) -> str:
     """What the user reads: the estimate, what kind of number it is, and where it was logged."""
     head = f"{model} on {dataset}/{s.split} ({s.rows} rows, method {s.method}, K={s.num_samples}):"
-    lml = f"{s.log_marginal_likelihood:.3f} +- {s.log_marginal_likelihood_stderr:.3f}"
-    lines = [head]
+    lml = f"{s.log_marginal_likelihood:.3f} +- {s.log_marginal_likelihood_stderr:.3f} nats"
+    lines = [head, f"  kind of number: {s.score_kind or 'unknown'}"]
     if s.method == "is":
         lines.append(f"  log p(x) >= {lml} (IS estimate, a stochastic lower bound)")
         lines.append(
@@ -201,6 +201,8 @@ def format_summary(model: str, dataset: str, s: Any) -> str:
         lines.append(f"  log p(x) ~ {lml} ({name}, mean +- stderr over points)")
         if is_mean is not None:
             lines.append(f"  IS on the same rows (K={s.num_samples}): {is_mean:.3f}")
+    if getattr(s, "bits_per_dim", None) is not None:
+        lines.append(f"  {s.bits_per_dim:.4f} bits/dim (-log p(x) / (D ln 2))")
     if s.metrics_logged and s.per_point_artifact:
         names = ", ".join(sorted(k for k in s.metrics_logged if "log_marginal" in k))
         lines.append(f"  logged to the model's MLflow run: {names}; {s.per_point_artifact}")

@@ -8,6 +8,10 @@ buffers hold the compact storage dtype). Shuffling is deterministic for (seed, e
 - streaming: row groups are visited in a seeded random order, and rows are drawn from a pool of
   ``shuffle_buffer`` rows refilled one row group at a time. Memory is bounded by
   shuffle_buffer + one row group + prefetched batches, not by the number of rows.
+
+With a ``transform`` (models/discrete.py `InputTransform`) each batch is then dequantized or
+binarized with the stateless seed noise_seed(seed, epoch, batch index): fresh noise every epoch
+and batch of training, and one fixed draw of a split for a fixed (seed, epoch, batch_size).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from models.constants import COL_X
+from models.discrete import InputTransform, data_levels, input_transform, noise_seed
 from models.errors import DatasetError
 from tasks.store import fs, tables
 from tasks.store.datasets import DatasetManifest, load_manifest
@@ -152,6 +157,13 @@ def _whole_batches(x: np.ndarray, batch_size: int, drop_remainder: bool) -> tf.d
     return ds
 
 
+def training_transform(manifest: DatasetManifest, likelihood: str, binarize: str) -> InputTransform:
+    """What training batches of ``manifest``'s data go through (models/discrete.py): dequantized
+    for a continuous decoder on integer data, binarized with train.binarize='dynamic'."""
+    levels = data_levels(manifest.storage_dtype, manifest.scale, manifest.value_range)
+    return input_transform(likelihood, binarize, levels)
+
+
 def make_tf_dataset(
     data_root: str | None,
     name: str,
@@ -165,8 +177,10 @@ def make_tf_dataset(
     shuffle_buffer: int = 10_000,
     in_memory: bool | None = None,
     drop_remainder: bool = False,
+    transform: InputTransform | None = None,
 ) -> tf.data.Dataset:
-    """float32 [B, D] batches of one split; see the module docstring for order and memory."""
+    """float32 [B, D] batches of one split; see the module docstring for order, memory and the
+    ``transform`` (dequantization / binarization, seeded by seed, epoch and batch index)."""
     if batch_size <= 0:
         raise DatasetError(f"batch_size={batch_size} must be > 0")
     manifest = load_manifest(data_root, name, version)
@@ -195,4 +209,12 @@ def make_tf_dataset(
         ds = ds.rebatch(batch_size, drop_remainder=drop_remainder)
     scale = tf.constant(manifest.scale, tf.float32)
     ds = ds.map(lambda b: tf.cast(b, tf.float32) * scale, num_parallel_calls=tf.data.AUTOTUNE)
+    if transform is not None and transform.kind != "none":
+        epoch_seed = noise_seed(seed, epoch)
+        ds = ds.enumerate().map(
+            lambda i, b: transform.apply(
+                b, tf.random.experimental.stateless_fold_in(epoch_seed, i)
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     return ds.prefetch(2)

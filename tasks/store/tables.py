@@ -349,3 +349,13 @@ def _latent_batch_by_split(rb: pa.RecordBatch, names: list[str], want: list[str]
     for s in split.unique().to_pylist():
         idx = pa.array(np.flatnonzero(values == s))
         yield s, ids.take(idx), labels.take(idx), z[values == s].astype(np.float32)
+
+
+def output_table_path(
+    root: str, manifest: Any, model_name: str, model_version: int | str, scores_table: bool
+) -> str:
+    """Where export (latents/, one table per model version) or score (scores/, one per dataset
+    version) publishes the table of a dataset ``manifest``."""
+    if scores_table:
+        return score_table_path(root, manifest.name, model_name, model_version, manifest.version)
+    return latent_table_path(root, manifest.name, model_name, model_version)
