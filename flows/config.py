@@ -242,6 +242,12 @@ class PipelineSection:
         schedule_collisions: what the scheduled deployment (`aevb serve`, `aevb deploy`) does
             with a run that is due while another still runs: cancel_new = the new run is
             cancelled at once, enqueue = it waits; either way one run at a time
+        drift_samples: K importance samples per row when the champion is scored on a new
+            dataset version's evaluate.split before retraining (the drift, logged to the new run
+            and printed); 0 = no drift measured {>= 0}
+        drift_nats: refuse to retrain (one line, exit 2, nothing trained or registered) when the
+            champion's log p(x) moved by more than this many nats per row between its own
+            dataset version and the new one, either way; 0 = off {>= 0}
     """
 
     retrain_on_unchanged: bool = False
@@ -252,6 +258,8 @@ class PipelineSection:
     dask_address: str = ""
     workers: int = 0
     schedule_collisions: Literal["cancel_new", "enqueue"] = "cancel_new"
+    drift_samples: int = 100
+    drift_nats: float = 0.0
 
     def __post_init__(self) -> None:
         from tasks.runners import check_runner
@@ -271,6 +279,13 @@ class PipelineSection:
             raise ConfigError(
                 f"pipeline.schedule_collisions={self.schedule_collisions!r} is not allowed; "
                 f"choose one of {', '.join(map(repr, SCHEDULE_COLLISIONS))}"
+            )
+        _check_int("pipeline.drift_samples", self.drift_samples, 0)
+        _check_float("pipeline.drift_nats", self.drift_nats, 0.0)
+        if self.drift_nats > 0 and self.drift_samples == 0:
+            raise ConfigError(
+                f"pipeline.drift_nats={self.drift_nats:g} needs the drift measured: set "
+                "pipeline.drift_samples > 0 (e.g. 100) or pipeline.drift_nats=0"
             )
 
 
