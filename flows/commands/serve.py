@@ -24,8 +24,10 @@ DEFAULT_DEPLOYMENT = "scheduled-retraining"
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
-        help="register and serve a scheduled retraining deployment on a Prefect server",
-        description="Run the pipeline on a schedule: new data -> retrain -> gate -> champion; "
+        help="register and serve a retraining deployment (schedule and/or new data) on a "
+        "Prefect server",
+        description="Run the pipeline on a schedule and/or whenever ingest publishes a new "
+        "version of the watched dataset: new data -> retrain -> gate -> champion; "
         "unchanged data and config -> skipped. Needs `prefect server start` and PREFECT_API_URL.",
         epilog=settings_epilog(),
         formatter_class=HelpFormatter,
