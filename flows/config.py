@@ -13,11 +13,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from flows.config_sources import read_config_file
+from flows.config_sources import parse_override, parse_value, read_config_file
 from models import constants as C
 from models.config import (
     ModelConfig,
@@ -27,12 +26,6 @@ from models.config import (
     preset_overrides,
 )
 from models.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 
 # Collision strategies of the scheduled deployment's 1-run concurrency limit (flows/serve.py).
 SCHEDULE_COLLISIONS = ("cancel_new", "enqueue")
@@ -249,6 +242,12 @@ class PipelineSection:
         schedule_collisions: what the scheduled deployment (`aevb serve`, `aevb deploy`) does
             with a run that is due while another still runs: cancel_new = the new run is
             cancelled at once, enqueue = it waits; either way one run at a time
+        drift_samples: K importance samples per row when the champion is scored on a new
+            dataset version's evaluate.split before retraining (the drift, logged to the new run
+            and printed); 0 = no drift measured {>= 0}
+        drift_nats: refuse to retrain (one line, exit 2, nothing trained or registered) when the
+            champion's log p(x) moved by more than this many nats per row between its own
+            dataset version and the new one, either way; 0 = off {>= 0}
     """
 
     retrain_on_unchanged: bool = False
@@ -259,6 +258,8 @@ class PipelineSection:
     dask_address: str = ""
     workers: int = 0
     schedule_collisions: Literal["cancel_new", "enqueue"] = "cancel_new"
+    drift_samples: int = 100
+    drift_nats: float = 0.0
 
     def __post_init__(self) -> None:
         from tasks.runners import check_runner
@@ -278,6 +279,13 @@ class PipelineSection:
             raise ConfigError(
                 f"pipeline.schedule_collisions={self.schedule_collisions!r} is not allowed; "
                 f"choose one of {', '.join(map(repr, SCHEDULE_COLLISIONS))}"
+            )
+        _check_int("pipeline.drift_samples", self.drift_samples, 0)
+        _check_float("pipeline.drift_nats", self.drift_nats, 0.0)
+        if self.drift_nats > 0 and self.drift_samples == 0:
+            raise ConfigError(
+                f"pipeline.drift_nats={self.drift_nats:g} needs the drift measured: set "
+                "pipeline.drift_samples > 0 (e.g. 100) or pipeline.drift_nats=0"
             )
 
 
@@ -331,24 +339,6 @@ def valid_keys(section: str) -> list[str]:
     )
 
 
-def parse_override(item: str) -> tuple[str, str, Any]:
-    """`section.key=value` -> (section, key, value); the value is parsed as TOML, else kept a string."""
-    if "=" not in item or "." not in item.split("=", 1)[0]:
-        raise ConfigError(
-            f"override {item!r} must look like section.key=value, e.g. train.epochs=5"
-        )
-    dotted, raw = item.split("=", 1)
-    section, key = dotted.strip().split(".", 1)
-    return section.strip(), key.strip(), _parse_value(raw)
-
-
-def _parse_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
 def load_config(
     path: str | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> PipelineConfig:
@@ -357,7 +347,7 @@ def load_config(
     where = f"--config {path}" if path else "the config"
     for item in overrides:
         if item.split("=", 1)[0].strip() == "preset":
-            raw["preset"] = _parse_value(item.split("=", 1)[1])
+            raw["preset"] = parse_value(item.split("=", 1)[1])
             continue
         section, key, value = parse_override(item)
         table = raw.setdefault(section, {})

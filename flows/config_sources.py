@@ -1,4 +1,5 @@
-"""Where settings come from besides the defaults: a TOML config file and the environment.
+"""Where settings come from besides the defaults: a TOML config file, `section.key=value`
+overrides and the environment.
 
 `read_config_file` reads `--config FILE` safely (regular files only, at most 1 MB, UTF-8, TOML);
 `check_environment` refuses bad numeric environment settings before any work starts, naming the
@@ -79,3 +80,22 @@ def check_environment(env: Mapping[str, str] | None = None) -> None:
     from tasks.model_cache import limit_bytes
 
     limit_bytes(env)
+
+
+def parse_override(item: str) -> tuple[str, str, Any]:
+    """`section.key=value` -> (section, key, value); the value is parsed as TOML, else kept a string."""
+    if "=" not in item or "." not in item.split("=", 1)[0]:
+        raise ConfigError(
+            f"override {item!r} must look like section.key=value, e.g. train.epochs=5"
+        )
+    dotted, raw = item.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    return section.strip(), key.strip(), parse_value(raw)
+
+
+def parse_value(raw: str) -> Any:
+    """A TOML value, else the text as a string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw

@@ -13,6 +13,10 @@ operator can rely on:
   if it is missing or out of date (`export.splits`). The summary lists what it completed;
 - unchanged dataset version, config and evaluation/export settings with nothing missing: nothing
   runs (summary: "skipped"), unless `pipeline.retrain_on_unchanged = true`;
+- before a new dataset version is trained, the champion is scored on its `evaluate.split`
+  (tasks/drift.py, K = `pipeline.drift_samples`): the drift against its own version's score, in
+  nats per row, is logged to the new run (metric `drift_nats`, tags `aevb.drift.*`) and printed;
+  over `pipeline.drift_nats` the run fails in one line before training (nothing registered);
 - a new dataset version (or config) trains a new model version, gated: the `champion` alias moves
   only if the held-out log p(x) beats a comparable champion's (tasks/register.py);
 - two retrains of the same registered model never overlap: everything after ingest holds the
@@ -32,13 +36,13 @@ from prefect import flow, get_run_logger
 from flows.config import PipelineConfig, load_config
 from flows.stages import run_ingest_task
 from flows.summary import Outcome, PipelineSummary, publish_artifact
-from tasks import locks, register, tracking
+from tasks import drift, locks, register, tracking
 from tasks.evaluate import evaluate_task
 from tasks.export import encode_part_task, export_latents
 from tasks.ingest import ingest, ingest_task, stage_shard_task
 from tasks.register import default_model_name, gate_task, register_task
 from tasks.runners import make_task_runner, with_io_retries
-from tasks.store import publish
+from tasks.store import datasets, publish
 from tasks.store.datasets import load_manifest
 from tasks.store.roots import resolve_data_root
 from tasks.store.writer import IngestResult
@@ -212,17 +216,47 @@ def finish_step(
     )
 
 
-def run_pipeline(config: PipelineConfig) -> PipelineSummary:
-    """The body shared by `pipeline_flow` and `retrain_flow` (must run inside a flow)."""
+def stored_version(config: PipelineConfig, root: str, version: str) -> IngestResult:
+    """Dataset `data.name` version ``version`` as already stored (published by `aevb ingest`);
+    nothing is ingested. DatasetError (one line) when the store does not hold it."""
+    manifest = load_manifest(root, config.data.dataset_name, version)
+    path = datasets.version_dir(root, manifest.name, manifest.version)
+    return IngestResult(manifest.name, manifest.version, path, created=False)
+
+
+def drift_step(config: PipelineConfig, ingested: IngestResult, model_name: str, root: str):
+    """The champion scored on this version vs its own (tasks/drift.py); refused over the
+    threshold `pipeline.drift_nats` before anything is trained."""
+    p, e = config.pipeline, config.evaluate
+    check = (
+        _stage(config)(drift.drift_task)
+        .submit(
+            model_name, ingested.name, ingested.version, root, e.split, p.drift_samples, e.seed,
+            e.batch_size,
+        )
+        .result()
+    )  # fmt: skip
+    get_run_logger().info("[2/5] drift: %s", check.describe())
+    drift.refuse_if_drifted(check, p.drift_nats)
+    return check
+
+
+def run_pipeline(config: PipelineConfig, dataset_version: str | None = None) -> PipelineSummary:
+    """The body shared by `pipeline_flow` and `retrain_flow` (must run inside a flow); with
+    ``dataset_version``, that stored version of `data.name` is trained instead of ingesting."""
     log = get_run_logger()
     root = resolve_data_root(config.data.data_root)
-    log.info("[1/5] ingest: %s -> %s", config.data.source, root)
-    ingested, cache_hit = ingest_step(config, root)
+    if dataset_version:
+        ingested, cache_hit = stored_version(config, root, dataset_version), False
+        log.info("[1/5] ingest: skipped; stored version %s", ingested.version[:12])
+    else:
+        log.info("[1/5] ingest: %s -> %s", config.data.source, root)
+        ingested, cache_hit = ingest_step(config, root)
     log.info(
         "[1/5] ingest: %s version %s (%s)",
         ingested.name,
         ingested.version[:12],
-        "new content" if ingested.created else "unchanged; nothing written",
+        "new content" if ingested.created else "unchanged or stored; nothing written",
     )
     model_name = config.register.model_name or default_model_name(ingested.name)
     log.info("[2/5] train: waiting for the retrain lock %s", locks.lock_name(model_name))
@@ -230,6 +264,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineSummary:
         acquired_at = time.time()
         log.info("[2/5] train: lock acquired after %.1f s", waited)
         publish.fault_point("pipeline_after_lock")
+        drifted = drift_step(config, ingested, model_name, root)
         trained = (
             _stage(config)(train_task)
             .submit(
@@ -244,32 +279,39 @@ def run_pipeline(config: PipelineConfig) -> PipelineSummary:
         )
         how = "reused the finished identical run" if trained.reused else "done"
         log.info("[2/5] train: %s (run %s)", how, trained.run_id)
+        if drifted.drift is not None or not trained.reused:
+            drift.log_drift(trained.run_id, drifted)
         publish.fault_point("pipeline_after_train")
         outcome = finish_step(config, ingested, trained, model_name, root)
         publish.fault_point("pipeline_after_export")
         released_at = time.time()
     summary = PipelineSummary.of(
-        ingested, cache_hit, root, trained, model_name, outcome, waited, acquired_at, released_at
-    )
+        ingested, cache_hit, root, trained, model_name, outcome, waited, acquired_at, released_at,
+        drifted, stored=bool(dataset_version),
+    )  # fmt: skip
     publish_artifact(summary, trained, outcome.evaluated)
     return summary
 
 
 @flow(name="aevb-pipeline", log_prints=True)
-def pipeline_flow(config: PipelineConfig) -> PipelineSummary:
+def pipeline_flow(config: PipelineConfig, dataset_version: str | None = None) -> PipelineSummary:
     """ingest -> train -> evaluate -> register -> export for one validated config."""
-    return run_pipeline(config)
+    return run_pipeline(config, dataset_version)
 
 
 @flow(name="aevb-retrain", log_prints=True)
 def retrain_flow(
-    config_file: str | None = None, overrides: list[str] | None = None
+    config_file: str | None = None,
+    overrides: list[str] | None = None,
+    dataset_version: str | None = None,
 ) -> PipelineSummary:
-    """Entry point of the scheduled deployment: re-read + validate the config, run the pipeline."""
+    """Entry point of the deployment: re-read + validate the config, run the pipeline. A run
+    triggered by an `aevb.dataset.published` event gets that ``dataset_version`` (flows/serve.py)
+    and trains it as stored instead of ingesting `data.source`."""
     config = load_config(config_file, overrides or [])
     if uses_default_runner(config):
-        return run_pipeline(config)
-    return with_task_runner(pipeline_flow, config)(config)
+        return run_pipeline(config, dataset_version or None)
+    return with_task_runner(pipeline_flow, config)(config, dataset_version or None)
 
 
 def uses_default_runner(config: PipelineConfig) -> bool:

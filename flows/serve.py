@@ -11,6 +11,16 @@ the overrides as parameters; every run re-reads and re-validates the file, so an
 takes effect at the next run. Prefect's temporary (ephemeral) API cannot schedule, so serving
 needs `PREFECT_API_URL` pointing at a reachable server.
 
+Retraining when new data lands (`aevb serve --on-new-data [DATASET]`): ingest emits the Prefect
+event `aevb.dataset.published` (resource `aevb.dataset.<name>`, labels `aevb.dataset.version` and
+`aevb.data_root`) for every new version it writes; the deployment carries a
+`DeploymentEventTrigger` on that event for the watched dataset and data root, so the Prefect
+server itself starts a run, with the event's version as the `dataset_version` parameter (trained
+as stored, nothing re-ingested). No polling of ours. One version never trains twice: the event's
+id is derived from (data root, name, version), and the server's triggers drop ids they have
+seen; a run for a version that is already trained, gated and exported is "skipped" by the
+pipeline; and the 1-run concurrency limit below holds for triggered runs too.
+
 At most one run of the deployment executes at a time: it carries a concurrency limit of 1 whose
 collision strategy is `pipeline.schedule_collisions` ("cancel_new": a run due while another runs
 is cancelled at once; "enqueue": it waits for the slot). The server enforces it before any process
@@ -24,6 +34,7 @@ the next `aevb serve` resumes it), and the process exits 0 (`serve_until_signall
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -42,6 +53,8 @@ class DeploymentPlan:
 
     parameters: dict
     collisions: str  # pipeline.schedule_collisions
+    dataset: str = ""  # the config's dataset name (what --on-new-data watches)
+    data_root: str = ""  # resolved at registration: the root whose events count
 
 
 def deployment_parameters(config_file: str | None, overrides: list[str]) -> DeploymentPlan:
@@ -49,10 +62,44 @@ def deployment_parameters(config_file: str | None, overrides: list[str]) -> Depl
     from flows.config import load_config
 
     config_file = os.path.abspath(config_file) if config_file else None
+    from tasks.store.roots import resolve_data_root
+
     config = load_config(config_file, overrides)  # fail now, not at 03:00
     return DeploymentPlan(
         {"config_file": config_file, "overrides": overrides},
         config.pipeline.schedule_collisions,
+        config.data.dataset_name,
+        resolve_data_root(config.data.data_root),
+    )
+
+
+def new_data_trigger(plan: DeploymentPlan):
+    """A run of the deployment per `aevb.dataset.published` event of ``plan.dataset`` under
+    ``plan.data_root``, keyed on the version; the run gets that version as `dataset_version`."""
+    from datetime import timedelta
+
+    from prefect.events import DeploymentEventTrigger
+
+    from tasks.ingest import EVENT_PUBLISHED
+
+    overrides = [*plan.parameters["overrides"], f"data.data_root={json.dumps(plan.data_root)}"]
+    return DeploymentEventTrigger(
+        name=f"aevb: retrain when a new {plan.dataset} version is published",
+        description=f"{EVENT_PUBLISHED} of dataset {plan.dataset} under {plan.data_root}",
+        expect={EVENT_PUBLISHED},
+        match={
+            "prefect.resource.id": f"aevb.dataset.{plan.dataset}",
+            "aevb.data_root": plan.data_root,
+        },
+        for_each={"aevb.dataset.version"},
+        posture="Reactive",
+        threshold=1,
+        within=timedelta(0),
+        parameters={
+            **plan.parameters,
+            "overrides": overrides,
+            "dataset_version": "{{ event.resource['aevb.dataset.version'] }}",
+        },
     )
 
 
@@ -136,9 +183,15 @@ def concurrency_limit(collisions: str):
 
 
 def build_deployment(
-    name: str, schedule, plan: DeploymentPlan, work_pool: str | None = None, paused: bool = False
+    name: str,
+    schedule,
+    plan: DeploymentPlan,
+    work_pool: str | None = None,
+    paused: bool = False,
+    on_new_data: bool = False,
 ):
-    """The RunnerDeployment of `retrain_flow` (module-path entrypoint, 1-run concurrency limit)."""
+    """The RunnerDeployment of `retrain_flow` (module-path entrypoint, 1-run concurrency limit;
+    with ``on_new_data``, the `aevb.dataset.published` trigger of `new_data_trigger`)."""
     from prefect.deployments.runner import EntrypointType
 
     from flows.pipeline import retrain_flow
@@ -153,6 +206,7 @@ def build_deployment(
         work_pool_name=work_pool,
         paused=paused,
         entrypoint_type=EntrypointType.MODULE_PATH,
+        triggers=[new_data_trigger(plan)] if on_new_data else None,
     )
 
 

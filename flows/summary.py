@@ -61,6 +61,9 @@ class PipelineSummary:
     flow_run_url: str = ""
     score_kind: str = ""  # what kind of number log p(x) is (tasks/scoring.py `score_kind`)
     bits_per_dim: float | None = None  # beside the nats, where log p(x) is a log-probability
+    drift_nats: float | None = None  # the champion's log p(x) lost on this version (tasks/drift)
+    drift: str = ""  # the drift in words, or why none was measured
+    stored: bool = False  # a stored version was trained (an event-triggered run): no ingest
 
     @classmethod
     def of(
@@ -74,10 +77,13 @@ class PipelineSummary:
         waited: float,
         acquired_at: float,
         released_at: float,
+        drifted: Any = None,
+        stored: bool = False,
     ) -> PipelineSummary:
         from tasks.logs import prefect_run
 
         ev, run = outcome.evaluated, prefect_run()
+        measured = getattr(drifted, "drift", None)
         return cls(
             dataset=ingested.name,
             dataset_version=ingested.version,
@@ -115,6 +121,9 @@ class PipelineSummary:
             flow_run_id=run.get("flow_run_id", ""),
             flow_run_name=run.get("flow_run_name", ""),
             flow_run_url=run.get("flow_run_url", ""),
+            drift_nats=None if measured is None else measured.nats,
+            drift="" if drifted is None else drifted.describe(),
+            stored=stored,
         )
 
 
@@ -167,7 +176,7 @@ def format_summary(s: Any, uri: str) -> str:
     lines = [
         "",
         f"aevb pipeline finished: dataset {s.dataset} (version {s.dataset_version[:12]}, "
-        f"{'new' if s.dataset_created else 'unchanged'})",
+        f"{_origin(s)})",
     ]
     lines += _result_lines(s)
     alias = "champion" if s.promoted else "challenger"
@@ -195,11 +204,19 @@ def format_summary(s: Any, uri: str) -> str:
     return "\n".join(lines)
 
 
+def _origin(s: Any) -> str:
+    if getattr(s, "stored", False):
+        return "stored, published by ingest"
+    return "new" if s.dataset_created else "unchanged"
+
+
 def _result_lines(s: Any) -> list[str]:
     """SKIPPED when nothing was left to do; else what this run completed and the numbers."""
     if s.skipped:
         return [f"  SKIPPED                    {s.decision}"]
     lines = [f"  completed                  {c}" for c in s.completed]
+    if getattr(s, "drift", ""):
+        lines.append(f"  drift vs champion          {s.drift}")
     if s.test_elbo is not None:
         lines += [
             f"  test ELBO                  {s.test_elbo:.3f} nats",
@@ -259,6 +276,7 @@ def summary_markdown(s: Any, trained: Any, evaluated: Any | None) -> str:
         if s.latent_table
         else f"- Latent table: {s.export_note}",
         *[f"- Completed for an interrupted run: {c}" for c in s.completed],
+        *([f"- Drift vs the champion: {s.drift}"] if s.drift else []),
         "- Plots logged to the run: "
         + (", ".join(f"[`{p}`]({run_link}/artifacts/{p})" for p in s.plots) or "none"),
         f"- This Prefect flow run: `{s.flow_run_name}` (`{s.flow_run_id}`); the MLflow run's tags "

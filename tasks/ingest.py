@@ -36,6 +36,7 @@ from tasks.store import datasets, fs, publish, tables
 from tasks.store.writer import ContentHasher, DatasetWriter, IngestResult, as_labels, check_chunk
 
 _FIXED = "fixed_split"
+EVENT_PUBLISHED = "aevb.dataset.published"  # Prefect event of a new version (flows/serve.py)
 
 
 def default_name(source: str) -> str:
@@ -144,7 +145,7 @@ def ingest(
         data = load_source(sources[0], **options)
     else:
         data = combine(_read_shards(sources, name, root, options, shard_task), prefix_ids, options)
-    return write_source(
+    result = write_source(
         data,
         name,
         root,
@@ -153,6 +154,38 @@ def ingest(
         test_fraction=test_fraction,
         cache_key=key,
     )
+    if result.created:
+        emit_published(root, result)
+    return result
+
+
+def published_event(root: str, result: IngestResult) -> dict[str, Any]:
+    """The `aevb.dataset.published` event of ``result`` as emit_event's keyword arguments. Its
+    id is derived from (data root, name, version): however often a version is announced, the
+    server's triggers see one event (they drop ids they have seen)."""
+    where = f"{root}|{result.name}|{result.version}"
+    return dict(
+        event=EVENT_PUBLISHED,
+        resource={
+            "prefect.resource.id": f"aevb.dataset.{result.name}",
+            "prefect.resource.name": result.name,
+            "aevb.dataset.name": result.name,
+            "aevb.dataset.version": result.version,
+            "aevb.data_root": root,
+        },
+        payload={"path": result.path},
+        id=uuid.uuid5(uuid.NAMESPACE_URL, f"aevb:{EVENT_PUBLISHED}:{where}"),
+    )
+
+
+def emit_published(root: str, result: IngestResult) -> None:
+    """Announce a new version to the Prefect server of PREFECT_API_URL (what `aevb serve
+    --on-new-data` triggers on); nothing without one (the temporary server has no listener)."""
+    from prefect.events import emit_event
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        emit_event(**published_event(root, result))
 
 
 def ingest_fingerprint(

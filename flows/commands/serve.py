@@ -1,5 +1,6 @@
-"""`aevb serve --cron "0 3 * * *" | --interval S`: register and serve the scheduled retraining
-deployment on a Prefect server (see flows/serve.py)."""
+"""`aevb serve --cron "0 3 * * *" | --interval S | --on-new-data [DATASET]`: register and serve
+the retraining deployment on a Prefect server, on a schedule and/or whenever ingest publishes a
+new version of the watched dataset (a Prefect event trigger; see flows/serve.py)."""
 
 from __future__ import annotations
 
@@ -23,15 +24,26 @@ DEFAULT_DEPLOYMENT = "scheduled-retraining"
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
-        help="register and serve a scheduled retraining deployment on a Prefect server",
-        description="Run the pipeline on a schedule: new data -> retrain -> gate -> champion; "
+        help="register and serve a retraining deployment (schedule and/or new data) on a "
+        "Prefect server",
+        description="Run the pipeline on a schedule and/or whenever ingest publishes a new "
+        "version of the watched dataset: new data -> retrain -> gate -> champion; "
         "unchanged data and config -> skipped. Needs `prefect server start` and PREFECT_API_URL.",
         epilog=settings_epilog(),
         formatter_class=HelpFormatter,
     )
-    when = p.add_mutually_exclusive_group(required=True)
+    when = p.add_mutually_exclusive_group()
     when.add_argument("--cron", help='cron expression, e.g. "0 3 * * *" (03:00 every day)')
     when.add_argument("--interval", type=finite_float, help="run every SECONDS seconds")
+    p.add_argument(
+        "--on-new-data",
+        nargs="?",
+        const="",
+        metavar="DATASET",
+        help="also (or only) retrain whenever ingest publishes a new version of DATASET "
+        "(default: the config's dataset) under the data root: a Prefect event trigger, one run "
+        "per version",
+    )
     p.add_argument("--timezone", default="UTC", help="IANA time zone of the cron")
     p.add_argument("--name", default=DEFAULT_DEPLOYMENT, help="deployment name")
     p.add_argument(
@@ -50,10 +62,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def check(args: argparse.Namespace):
     """Settings (config, overrides, the schedule) before the server is asked anything; returns
-    (plan, schedule)."""
+    (plan, schedule or None)."""
     from flows.serve import make_schedule
+    from models.errors import ConfigError
 
-    return plan(args), make_schedule(args.cron, args.interval, args.timezone)
+    watched = getattr(args, "on_new_data", None)
+    if args.cron is None and args.interval is None and watched is None:
+        raise ConfigError(
+            "say when to retrain: --cron '0 3 * * *', --interval SECONDS and/or --on-new-data "
+            "[DATASET]"
+        )
+    if watched:
+        if args.dataset_name not in (None, watched):
+            raise ConfigError(
+                f"--on-new-data {watched} and --dataset-name {args.dataset_name} name two "
+                "datasets; the watched one is the one trained: pass one of them"
+            )
+        args.dataset_name = watched
+    schedule = None
+    if args.cron is not None or args.interval is not None:
+        schedule = make_schedule(args.cron, args.interval, args.timezone)
+    return plan(args), schedule
 
 
 def plan(args: argparse.Namespace):
@@ -75,10 +104,20 @@ def run(args: argparse.Namespace, checked) -> int:
     the_plan, schedule = checked
     params = the_plan.parameters
     url = check_server()
-    deployment = build_deployment(args.name, schedule, the_plan)
+    watch = getattr(args, "on_new_data", None) is not None
+    deployment = build_deployment(args.name, schedule, the_plan, on_new_data=watch)
     deployment_id = deployment.apply()
     full_name = f"{deployment.flow_name}/{args.name}"
-    when = f"cron {args.cron!r} ({args.timezone})" if args.cron else f"every {args.interval:g} s"
+    when = "no schedule"
+    if schedule is not None:
+        when = (
+            f"cron {args.cron!r} ({args.timezone})" if args.cron else f"every {args.interval:g} s"
+        )
+    if watch:
+        when += (
+            f"; on new data: one run per new version of dataset {the_plan.dataset} published "
+            f"under {the_plan.data_root} (event aevb.dataset.published)"
+        )
     print(
         f"deployment {full_name} ({deployment_id}) registered on {url}: {when}\n"
         f"  parameters: {json.dumps(params)}\n"

@@ -108,7 +108,7 @@ def test_mlflow_run_has_finite_metrics_params_and_lineage(pipeline_run):
 
 
 def test_latent_table_has_a_row_per_input_and_encoder_values(pipeline_run):
-    from tasks.store import readers
+    from tasks.store import readers, tables
     from tasks.tracking import resolve_model
 
     table_dir = pipeline_run["root"] / "latents" / "digits" / "aevb-digits" / "v1"
@@ -119,7 +119,7 @@ def test_latent_table_has_a_row_per_input_and_encoder_values(pipeline_run):
         [C.COL_ID, C.COL_SPLIT, C.COL_LABEL]
         + [f"z_mean_{i}" for i in range(4)]
         + [f"z_std_{i}" for i in range(4)]
-        + ["elbo"]  # the per-row anomaly score export always writes
+        + [tables.ELBO_COLUMN]  # the per-row anomaly score (export.log_px_samples=0: no log_px)
     )
     assert list(df.columns) == expected
     assert (df[[f"z_std_{i}" for i in range(4)]].to_numpy() > 0).all()

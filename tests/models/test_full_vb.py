@@ -192,7 +192,9 @@ def test_full_vb_non_finite_validation_bound_stops_training():
     valid = _binary(40, 5)
     valid[0, 0] = np.inf
     cfg = TrainConfig(epochs=2, learning_rate=0.01, jit_compile=False)
-    with pytest.raises(TrainingDivergedError, match=r"validation ELBO is (nan|-?inf) after epoch 1") as info:
+    with pytest.raises(
+        TrainingDivergedError, match=r"validation ELBO is (nan|-?inf) after epoch 1"
+    ) as info:
         fit_full_vb(
             FullVBVAE(_config(), seed=7),
             _shuffled(_binary(100, 6)),
