@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from flows.commands.common import HelpFormatter, config_args, data_root_arg, finite_float
-from flows.serve import DEFAULT_DEPLOYMENT
+from flows.commands.common import HelpFormatter
+from flows.commands.serve import deployment_args, schedule_args
 
 DEFAULT_POOL = "aevb"
 
@@ -27,20 +27,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_POOL,
         help="process work pool (created if missing)",
     )
-    when = p.add_mutually_exclusive_group(required=True)
-    when.add_argument("--cron", help='cron expression, e.g. "0 3 * * *" (03:00 every day)')
-    when.add_argument("--interval", type=finite_float, help="run every SECONDS seconds")
-    p.add_argument("--timezone", default="UTC", help="IANA time zone of the cron")
-    p.add_argument("--name", default=DEFAULT_DEPLOYMENT, help="deployment name")
+    schedule_args(p, required=True)
     p.add_argument(
         "--paused", action="store_true", help="register with the schedule paused (resume in the UI)"
     )
-    p.add_argument(
-        "source", nargs="?", default=None, help="dataset source (default: data.source, 'digits')"
-    )
-    p.add_argument("--dataset-name", default=None, help="dataset name (default: from the source)")
-    data_root_arg(p)
-    config_args(p)
+    deployment_args(p)
     p.set_defaults(func=run, check=check)
 
 

@@ -32,9 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=settings_epilog(),
         formatter_class=HelpFormatter,
     )
-    when = p.add_mutually_exclusive_group()
-    when.add_argument("--cron", help='cron expression, e.g. "0 3 * * *" (03:00 every day)')
-    when.add_argument("--interval", type=finite_float, help="run every SECONDS seconds")
+    schedule_args(p, required=False)
     p.add_argument(
         "--on-new-data",
         nargs="?",
@@ -44,20 +42,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(default: the config's dataset) under the data root: a Prefect event trigger, one run "
         "per version",
     )
-    p.add_argument("--timezone", default="UTC", help="IANA time zone of the cron")
-    p.add_argument("--name", default=DEFAULT_DEPLOYMENT, help="deployment name")
     p.add_argument(
         "--register-only",
         action="store_true",
         help="create/update the deployment and exit (runs execute while an `aevb serve` runs)",
     )
+    deployment_args(p)
+    p.set_defaults(func=run, check=check)
+
+
+def schedule_args(p: argparse.ArgumentParser, required: bool) -> None:
+    """--cron | --interval (one of them), and --timezone: shared with `aevb deploy`."""
+    when = p.add_mutually_exclusive_group(required=required)
+    when.add_argument("--cron", help='cron expression, e.g. "0 3 * * *" (03:00 every day)')
+    when.add_argument("--interval", type=finite_float, help="run every SECONDS seconds")
+    p.add_argument("--timezone", default="UTC", help="IANA time zone of the cron")
+
+
+def deployment_args(p: argparse.ArgumentParser) -> None:
+    """What the deployment runs: its name, SOURCE, --dataset-name, --data-root, --config and
+    overrides; shared with `aevb deploy`."""
+    p.add_argument("--name", default=DEFAULT_DEPLOYMENT, help="deployment name")
     p.add_argument(
         "source", nargs="?", default=None, help="dataset source (default: data.source, 'digits')"
     )
     p.add_argument("--dataset-name", default=None, help="dataset name (default: from the source)")
     data_root_arg(p)
     config_args(p)
-    p.set_defaults(func=run, check=check)
 
 
 def check(args: argparse.Namespace):
