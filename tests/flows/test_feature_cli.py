@@ -22,14 +22,15 @@ def _one_line_error(capsys, argv: list[str]) -> str:
     [
         (
             ["-n", "0"],
-            "aevb sample: error: sample.num_samples=0 must be an integer in [1, 100,000]",
+            "aevb sample: error: --num-samples=0 must be an integer in [1, 100,000]",
         ),
-        (["--seed", "-3"], "aevb sample: error: sample.seed=-3 must be an integer in [0, "),
-        (["--manifold-size", "99"], "sample.manifold_size=99 must be an integer in [2, 50]"),
+        (["--seed", "-3"], "aevb sample: error: --seed=-3 must be an integer in [0, "),
+        (["--manifold-size", "99"], "--manifold-size=99 must be an integer in [2, 50]"),
         (["sample.draws=3"], "aevb sample: error: sample.draws=3 must be true or false"),
     ],
 )
 def test_sample_settings(capsys, data_root, argv, message):
+    """A bad flag is named as the flag; a bad KEY=VALUE override as its config key."""
     line = _one_line_error(
         capsys, ["sample", "--model", "models:/x/1", "--data-root", data_root, *argv]
     )
@@ -40,9 +41,9 @@ def test_sample_settings(capsys, data_root, argv, message):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--log-px-samples", "-1"], "score.log_px_samples=-1 must be an integer >= 0"),
-        (["--splits", "train,nope"], "score.splits=['train', 'nope']; choose from train, valid"),
-        (["--batch-size", "0"], "score.batch_size=0 must be an integer >= 1"),
+        (["--log-px-samples", "-1"], "--log-px-samples=-1 must be an integer >= 0"),
+        (["--splits", "train,nope"], "--splits=['train', 'nope']; choose from train, valid"),
+        (["--batch-size", "0"], "--batch-size=0 must be an integer >= 1"),
         (["score.seed=-1"], "score.seed=-1 must be an integer >= 0"),
     ],
 )
