@@ -129,8 +129,11 @@ def test_run_params_are_the_fully_resolved_config(trained):
             "dataset": {"name": "trk", "version": trained["version"]},
         }
     )
-    assert params == want
+    # MLflow adds the logged pyfunc's model_config as params: only those (input/...) are extra
+    config_params = {k: v for k, v in params.items() if not k.startswith("input/")}
+    assert config_params == want
     assert params["model.feature_shape"] == "[4, 4]" and params["train.epochs"] == "2"
+    assert params["input/feature_shape"] == "[4, 4]" and params["input/dim"] == "16"
 
 
 def test_run_has_dataset_tags_lineage_and_git_commit(trained):
