@@ -91,6 +91,7 @@ class TemporaryServer:
         """Spawn the server on a free loopback port (no waiting); returns its API URL."""
         if self.proc is not None:
             return self.url
+        make_prefect_home()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
@@ -172,6 +173,20 @@ class TemporaryServer:
         if self._watch_w is not None:
             os.close(self._watch_w)
             self._watch_w = None
+
+
+def make_prefect_home() -> None:
+    """Create PREFECT_HOME with its parents: Prefect makes only the last folder, so a new
+    `PREFECT_HOME=/new/place/prefect` warned at import and the temporary server exited with
+    code 3."""
+    home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PipelineError(
+            f"PREFECT_HOME={home}: cannot create it ({exc.strerror}); set PREFECT_HOME to a "
+            "writable folder"
+        ) from exc
 
 
 @contextlib.contextmanager

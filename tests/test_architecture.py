@@ -208,7 +208,7 @@ def test_packages_listed_explicitly_and_imports_resolve_to_the_right_places() ->
     found = {_module(p) for p in _all_sources() if p.name == "__init__.py"}
     assert listed == found, f"pyproject packages {sorted(listed ^ found)} differ from the tree"
     assert meta["project"]["name"] == "aevb-pipeline"
-    assert meta["project"]["scripts"]["aevb"] == "flows.cli:main"
+    assert meta["project"]["scripts"]["aevb"] == "flows.cli:entry"
     for pkg in LAYERS:
         origin = Path(importlib.util.find_spec(pkg).origin).resolve()
         assert origin == REPO / pkg / "__init__.py", f"{pkg} resolves to {origin}"

@@ -210,6 +210,8 @@ CASES = [
     ("serve-interval-nan", ["serve", "--interval", "nan"], r"argument --interval: 'nan' is not a finite", {}),
     ("reproduce-seed", ["reproduce", "--seed", "x"], r"reproduce --seed='x' must be an integer", {}),
     ("reproduce-override-nan", ["reproduce", "fig2_budgets=nan"], r"fig2_budgets", {}),
+    ("prefect-home-uncreatable", ["ingest", "digits"], r"PREFECT_HOME=/proc/aevb-nope/prefect: cannot create it",
+     {"PREFECT_HOME": "/proc/aevb-nope/prefect"}),
 ]  # fmt: skip
 
 

@@ -159,3 +159,45 @@ def test_the_temporary_server_starts_in_the_background_and_the_first_client_wait
         assert "temporary API server exited" in out["error"] and "health" not in out
     else:
         assert out["health"] and out["waited"]
+
+
+# `entry` with a stand-in `main`: a library's atexit handler registered during the command (as
+# MLflow's and Prefect's are, on import) and an object whose finaliser runs only at teardown.
+EXIT_PROBE = """
+import atexit, sys
+from flows import cli
+
+class Finalised:
+    def __del__(self):
+        print("teardown ran", flush=True)
+
+cli.KEEP = Finalised()  # a module global: collected only by the interpreter's teardown
+
+def main():
+    atexit.register(lambda: print("library atexit ran", flush=True))
+    print("unflushed output", end="")  # stdout is a pipe: block-buffered until the flush
+    if sys.argv[1] == "raise":
+        raise RuntimeError("internal error")
+    return int(sys.argv[1])
+
+cli.main = main
+cli.entry()
+"""
+
+
+@pytest.mark.parametrize("how", ["0", "2", "raise"])
+def test_entry_skips_the_teardown_after_the_atexit_handlers_and_keeps_the_exit_code(how):
+    proc = subprocess.run(
+        [sys.executable, "-c", EXIT_PROBE, how],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "unflushed output" in proc.stdout and "library atexit ran" in proc.stdout
+    if how == "raise":  # main never returned: Python's own exit (traceback, code 1, teardown)
+        assert proc.returncode == 1 and "RuntimeError: internal error" in proc.stderr
+        assert "teardown ran" in proc.stdout
+    else:
+        assert proc.returncode == int(how), proc.stderr
+        assert "teardown ran" not in proc.stdout, "the interpreter's teardown was not skipped"

@@ -108,9 +108,13 @@ def test_sigkill_of_a_running_pipeline_leaves_no_process_behind(tmp_path):
 def test_a_command_that_ends_normally_or_with_an_error_stops_its_server(tmp_path):
     tag = uuid.uuid4().hex
     env = _env(tmp_path, tag)
+    # A PREFECT_HOME whose parents do not exist yet: Prefect alone makes only the last folder.
+    env["PREFECT_HOME"] = str(tmp_path / "new" / "place" / "prefect")
     ok = subprocess.run([sys.executable, "-m", "flows.cli", "ingest", "digits"], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "Failed to create the Prefect home" not in ok.stderr, ok.stderr[-2000:]
+    assert (tmp_path / "new" / "place" / "prefect" / "prefect.db").is_file()
     assert _wait_gone(tag, 5) == {}
     # A user error found inside the flow (one row: too few for the splits) stops it as well.
     (tmp_path / "one.csv").write_text("a,b\n1,2\n")
