@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from models.errors import DatasetError
-from tasks.sources.base import SourceData, finish, sha256_files
+from tasks.sources.base import SourceData, finish, numbered_ids, sha256_files
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_LABELS = (
@@ -48,7 +48,7 @@ def load_digits_source() -> SourceData:
     x = bunch.data.reshape(-1, 8, 8).astype(np.uint8)
     csv = digits_path()
     sha = sha256_files([csv]) if os.path.exists(csv) else ""
-    ids = np.asarray([f"digits-{i:04d}" for i in range(len(x))], dtype=object)
+    ids = numbered_ids("digits-", len(x), 4)
     return finish(
         "digits",
         "sklearn.datasets.load_digits",
@@ -84,7 +84,7 @@ def load_mnist_5k_source() -> SourceData:
             f"{path}: expected 785 columns (784 pixels + label), found {table.shape}"
         )
     x = table[:, :784].reshape(-1, 28, 28)
-    ids = np.asarray([f"mnist5k-{i:04d}" for i in range(len(x))], dtype=object)
+    ids = numbered_ids("mnist5k-", len(x), 4)
     return finish(
         "mnist-5k",
         path,
