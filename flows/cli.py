@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from flows.settings import QUIET, quiet_user_error_tracebacks
+from flows.settings import QUIET, apply_cli_env_defaults, quiet_user_error_tracebacks
 
 # Telemetry off, quiet TF and MLflow, Prefect's start-up timeout: `import flows` applied them
 # already (flows/settings.py), for the CLI and for flows started from Python alike.
@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
     if overrides:
         args.overrides = list(args.overrides or []) + overrides
+    apply_cli_env_defaults()
     _set_up_console()
     from models.errors import PipelineError
 

@@ -35,6 +35,17 @@ ENV_DEFAULTS = {
 }
 
 
+# Set by the `aevb` CLI only, not by `import flows` (a notebook may use tf.keras): TensorFlow's
+# import eagerly loads Keras 3 (~2 s, scikit-learn's import within it) unless told that tf.keras is
+# Keras 2. Nothing in this package uses Keras, and TFP imports tf-keras (Keras 2) anyway.
+CLI_ENV_DEFAULTS = {"TF_USE_LEGACY_KERAS": "1"}
+
+
+def apply_cli_env_defaults() -> None:
+    for key, value in CLI_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
 def apply_env_defaults() -> list[str]:
     """Set the ENV_DEFAULTS that are not set yet; returns the names it set."""
     added = [k for k in ENV_DEFAULTS if k not in os.environ]

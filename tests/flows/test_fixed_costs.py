@@ -119,6 +119,8 @@ def test_a_noop_rerun_decides_unchanged_without_importing_tensorflow(finished_pi
     )
     assert result["rc"] == 0, err[-3000:]
     assert "tensorflow" in result["loaded"] and "SKIPPED" not in out
+    # TensorFlow came without Keras 3 (the CLI sets TF_USE_LEGACY_KERAS; nothing here uses Keras).
+    assert not [m for m in result["loaded"] if m.split(".")[0] == "keras"], result["loaded"]
 
 
 SERVER_PROBE = """
