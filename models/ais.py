@@ -225,7 +225,8 @@ def ais_evaluate(
 
 # One compiled function per mode, reused across calls (a new model or shape retraces).
 _COMPILED = {
-    jit: tf.function(_ais_loop, jit_compile=jit, reduce_retracing=True) for jit in (False, True)
+    jit: tf.function(_ais_loop, jit_compile=jit, reduce_retracing=True, autograph=False)
+    for jit in (False, True)
 }
 
 __all__ = [

@@ -149,7 +149,7 @@ def handshake(strategy: tf.distribute.Strategy, token: str, chief_value: float =
         [*_token_digits(token), chief_value if info.is_chief else 0.0], dtype=tf.float32
     )
 
-    @tf.function
+    @tf.function(autograph=False)
     def reduce():
         def replica_fn():
             ctx = tf.distribute.get_replica_context()
@@ -187,8 +187,10 @@ class DistributedTrainer(Trainer):
         self.strategy = strategy
         super().__init__(model, config, num_train)
         # Collective ops cannot live inside an XLA cluster: compile only the per-replica gradient.
-        self._replica_grads = tf.function(self._replica_grads_impl, jit_compile=config.jit_compile)
-        self.update = tf.function(self._update)
+        self._replica_grads = tf.function(
+            self._replica_grads_impl, jit_compile=config.jit_compile, autograph=False
+        )
+        self.update = tf.function(self._update, autograph=False)
 
     def _replica_grads_impl(self, x: tf.Tensor, seed: tf.Tensor):
         cfg = self.config

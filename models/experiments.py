@@ -71,7 +71,9 @@ class BoundEvaluator:
 
     def __init__(self, model: VAE, batch_size: int = 500, seed: int = 0):
         self.batch_size, self.seed = batch_size, seed + C.EVAL_SEED_OFFSET
-        self._sum = tf.function(lambda x, s: tf.reduce_sum(elbo(model, x, s, "B", 1).elbo))
+        self._sum = tf.function(
+            lambda x, s: tf.reduce_sum(elbo(model, x, s, "B", 1).elbo), autograph=False
+        )
 
     def __call__(self, x: np.ndarray) -> float:
         total = 0.0
@@ -278,7 +280,7 @@ def gradient_variance(
             n_enc = len(groups["encoder"])
             return tf.concat(flat[:n_enc], 0), tf.concat(flat[n_enc:], 0)
 
-        fn = tf.function(grads)
+        fn = tf.function(grads, autograph=False)
         sums = {k: None for k in groups}
         for d in range(num_draws):
             for key, g in zip(groups, fn(tf.constant([seed, d], tf.int32)), strict=True):

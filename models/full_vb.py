@@ -193,7 +193,7 @@ class FullVBTrainer:
         self.sums = MetricSums((C.TRAIN_ELBO, C.TRAIN_KL_THETA))
         self._evaluator = Evaluator(model.vae, config)  # the plug-in model at the mean of q(theta)
         self._seed = tf.constant(config.seed, tf.int32)
-        self.update = tf.function(self._update, jit_compile=config.jit_compile)
+        self.update = tf.function(self._update, jit_compile=config.jit_compile, autograph=False)
 
     def _update(self, x: tf.Tensor) -> tf.Tensor:
         seed = tf.stack([self._seed, tf.cast(self.state.step, tf.int32)])

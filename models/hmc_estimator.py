@@ -124,7 +124,7 @@ def _sample_loop(
     return draws.stack(), accept_sum / float(num_results), eps[0, :, 0]
 
 
-_sample_loop_compiled = tf.function(_sample_loop, reduce_retracing=True)
+_sample_loop_compiled = tf.function(_sample_loop, reduce_retracing=True, autograph=False)
 
 
 def fit_gaussian(samples: tf.Tensor, ridge: float = 1e-6) -> tfd.Distribution:

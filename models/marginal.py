@@ -239,8 +239,8 @@ class DatasetEvaluator:
     def __init__(self, model, posterior_fn: PosteriorFn | None = None, jit_compile: bool = True):
         self.model = model
         self.posterior_fn = posterior_fn or model.posterior
-        self._chunk = tf.function(self._chunk_impl, jit_compile=jit_compile)
-        self._encode = tf.function(self._encode_impl, jit_compile=jit_compile)
+        self._chunk = tf.function(self._chunk_impl, jit_compile=jit_compile, autograph=False)
+        self._encode = tf.function(self._encode_impl, jit_compile=jit_compile, autograph=False)
 
     def _chunk_impl(self, x: tf.Tensor, num_samples: int, seed: tf.Tensor) -> ChunkStats:
         q = philox_sampled(self.posterior_fn(x))

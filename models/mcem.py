@@ -101,8 +101,10 @@ class MCEMTrainer:
             math.log(self.hmc.initial_step_size), trainable=False, name="log_step_size"
         )
         self._seed = tf.constant(config.seed, tf.int32)
-        self._sample = tf.function(self._sample_impl, jit_compile=config.jit_compile)
-        self.update = tf.function(self._update, jit_compile=config.jit_compile)
+        self._sample = tf.function(
+            self._sample_impl, jit_compile=config.jit_compile, autograph=False
+        )
+        self.update = tf.function(self._update, jit_compile=config.jit_compile, autograph=False)
 
     def log_joint(self, x: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
         """log p_theta(x|z) + log p(z), shape [M] for x [M, D], z [M, k]."""

@@ -136,7 +136,7 @@ class Restorer(tf.Module):
         self.model, self.spec = model, spec
         self.map_steps, self.learning_rate = int(map_steps), float(learning_rate)
         self.iterations, self.burn_in = int(iterations), int(burn_in)
-        compile_ = tf.function(jit_compile=jit_compile, reduce_retracing=True)
+        compile_ = tf.function(jit_compile=jit_compile, reduce_retracing=True, autograph=False)
         self._amortized_z = compile_(self._amortized_z_impl)
         self._map_z = compile_(self._map_impl)
         self._decode = compile_(model.decode_mean)

@@ -33,12 +33,16 @@ class _Serving(tf.Module):
         self.model = model
         d, k = model.config.input_dim, model.config.latent_dim
 
-        @tf.function(input_signature=[tf.TensorSpec([None, d], tf.float32, name="x")])
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, d], tf.float32, name="x")], autograph=False
+        )
         def encode(x):
             mean, std = model.posterior_params(x)
             return {"z_mean": mean, "z_std": std}
 
-        @tf.function(input_signature=[tf.TensorSpec([None, k], tf.float32, name="z")])
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, k], tf.float32, name="z")], autograph=False
+        )
         def decode(z):
             return {"x_mean": model.decode_mean(z)}
 

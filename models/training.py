@@ -163,7 +163,7 @@ class Evaluator:
         self.model, self.seed = model, config.seed + C.EVAL_SEED_OFFSET
         self.sums = MetricSums(("elbo", "kl", "reconstruction"))
         self.precision = config.precision
-        self._step = tf.function(self._step_impl, jit_compile=config.jit_compile)
+        self._step = tf.function(self._step_impl, jit_compile=config.jit_compile, autograph=False)
 
     def _step_impl(self, x: tf.Tensor, seed: tf.Tensor) -> None:
         with compute_dtype(self.precision):
@@ -338,7 +338,7 @@ class Trainer:
         self.sums = MetricSums((C.TRAIN_ELBO, C.TRAIN_KL, C.TRAIN_RECONSTRUCTION))
         self._evaluator = Evaluator(model, config)
         self._seed = tf.constant(config.seed, tf.int32)
-        self.update = tf.function(self._update, jit_compile=config.jit_compile)
+        self.update = tf.function(self._update, jit_compile=config.jit_compile, autograph=False)
 
     def _update(self, x: tf.Tensor) -> tf.Tensor:
         """One SGVB update on batch x [M, D]; False (and no update) on NaN/Inf."""

@@ -59,12 +59,12 @@ class WakeSleepTrainer:
         self.sums = MetricSums((TRAIN_WAKE, TRAIN_SLEEP, C.TRAIN_ELBO))
         self._evaluator = Evaluator(model, config)
         self._seed = tf.constant(config.seed, tf.int32)
-        self._wake = tf.function(self._wake_impl, jit_compile=config.jit_compile)
-        self._sleep = tf.function(self._sleep_impl, jit_compile=config.jit_compile)
+        self._wake = tf.function(self._wake_impl, jit_compile=config.jit_compile, autograph=False)
+        self._sleep = tf.function(self._sleep_impl, jit_compile=config.jit_compile, autograph=False)
         # Drawing the dreams stays outside XLA: TF's default stateless RNG is ~30x slower under
         # XLA on CPU, and the sleep phase draws M x D Bernoulli/Gaussian variates per step.
-        self._dream = tf.function(self.dream)
-        self.update = tf.function(self._update)
+        self._dream = tf.function(self.dream, autograph=False)
+        self.update = tf.function(self._update, autograph=False)
 
     def wake_objective(self, x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         """Mean over the batch of log p_theta(x|z) + log p(z), z ~ q(z|x) held fixed. Shape []."""

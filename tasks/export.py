@@ -75,7 +75,9 @@ def make_encoder(saved_model_dir: str) -> Callable[[np.ndarray], tuple[np.ndarra
             from models.saved import load_vae
 
             vae = load_vae(saved_model_dir)
-            fn = tf.function(vae.posterior_params, jit_compile=True, reduce_retracing=True)
+            fn = tf.function(
+                vae.posterior_params, jit_compile=True, reduce_retracing=True, autograph=False
+            )
 
             def encode(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 mean, std = fn(tf.constant(x, tf.float32))
@@ -101,7 +103,7 @@ class Scorer:
         def elbo(x, mean, std, eps):
             return elbo_from_noise(vae, x, mean, std, eps)
 
-        self._elbo = tf.function(elbo, jit_compile=True, reduce_retracing=True)
+        self._elbo = tf.function(elbo, jit_compile=True, reduce_retracing=True, autograph=False)
         self._evaluator = DatasetEvaluator(vae)
 
     def elbo(self, x: np.ndarray, mean: np.ndarray, std: np.ndarray, eps: np.ndarray) -> np.ndarray:

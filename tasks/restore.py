@@ -355,7 +355,7 @@ def decode_latents(
         )
     import tensorflow as tf
 
-    decode = tf.function(vae.decode_mean, jit_compile=True, reduce_retracing=True)
+    decode = tf.function(vae.decode_mean, jit_compile=True, reduce_retracing=True, autograph=False)
     provenance = {
         "model_uri": model_uri,
         "model_name": name,

@@ -6,6 +6,8 @@
 - no module imports another module's `_private` names; no import cycles among first-party modules;
 - argparse and print() only in flows/; every @flow in flows/;
 - models/ is pure TF/TFP; only the MLflow adapter imports mlflow;
+- every tf.function is traced without AutoGraph (graph code says tf.cond / tf.while_loop itself;
+  AutoGraph's source transformation cost ~1.5 s of every training command's start);
 - data/ and mlflow/ hold no Python that could shadow a package.
 """
 
@@ -179,6 +181,39 @@ def test_models_is_pure_tf() -> None:
     for path in _sources("models"):
         bad = _imports(path) & FORBIDDEN_IN_MODELS
         assert not bad, f"{_rel(path)} imports {sorted(bad)}; models/ is pure TF/TFP"
+
+
+def _is_tf_function(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Attribute)
+        and node.attr == "function"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "tf"
+    )
+
+
+def test_every_tf_function_is_traced_without_autograph() -> None:
+    found, bad = 0, []
+    for path in _all_sources():
+        nodes = list(ast.walk(ast.parse(path.read_text())))
+        calls = [n for n in nodes if isinstance(n, ast.Call) and _is_tf_function(n.func)]
+        called = {id(c.func) for c in calls}
+        for node in calls:
+            found += 1
+            off = any(
+                k.arg == "autograph"
+                and isinstance(k.value, ast.Constant)
+                and k.value.value is False
+                for k in node.keywords
+            )
+            if not off:
+                bad.append(f"{_rel(path)}:{node.lineno}")
+        for node in nodes:  # a bare `@tf.function` or `tf.function` passed along: AutoGraph on
+            if _is_tf_function(node) and id(node) not in called:
+                found += 1
+                bad.append(f"{_rel(path)}:{node.lineno}")
+    assert found >= 20, f"expected the package's tf.functions, found {found}"
+    assert not bad, f"tf.function without autograph=False at {bad}"
 
 
 def test_only_the_adapter_imports_mlflow() -> None:
