@@ -221,6 +221,13 @@ class _Pending:
     lock = threading.Lock()
 
 
+def server_starting() -> bool:
+    """True while a server `serving()` started has not been waited for yet (its first client
+    has not come): work done now overlaps its start instead of following it."""
+    with _Pending.lock:
+        return _Pending.server is not None and _Pending.error is None
+
+
 def ensure_api_ready() -> None:
     """Block until the server `serving()` started answers (no-op without one, or once done);
     its start-up failure is raised as the same PipelineError every time."""

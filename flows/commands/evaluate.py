@@ -13,7 +13,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from flows.commands.common import HelpFormatter, data_root_arg
+from flows.commands.common import (
+    HelpFormatter,
+    data_root_arg,
+    import_tensorflow_while_the_server_starts,
+)
 from models import constants as C
 from models.errors import ConfigError
 
@@ -160,6 +164,8 @@ def check_hmc_latents(uri: str, run_id: str | None) -> None:
 
 def run(args: argparse.Namespace, options: dict[str, Any]) -> int:
     from flows.stages import evaluate_flow
+
+    import_tensorflow_while_the_server_starts()
     from tasks.tracking import resolve_model
 
     resolved = resolve_model(args.model)

@@ -14,7 +14,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from flows.commands.common import HelpFormatter, data_root_arg, finite_float
+from flows.commands.common import (
+    HelpFormatter,
+    data_root_arg,
+    finite_float,
+    import_tensorflow_while_the_server_starts,
+)
 from flows.commands.corrupt import KINDS
 from models import constants as C
 from models.errors import ConfigError, DatasetError, ModelError
@@ -156,6 +161,8 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, checked: dict[str, Any]) -> int:
     from flows.stages import decode_latents_flow, restore_flow
+
+    import_tensorflow_while_the_server_starts()
 
     if args.from_latents is not None:
         out = decode_latents_flow(args.model, args.from_latents, args.data_root, args.batch_size)

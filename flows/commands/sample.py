@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import argparse
 
-from flows.commands.common import HelpFormatter, config_args, data_root_arg, section_with_flags
+from flows.commands.common import (
+    HelpFormatter,
+    config_args,
+    data_root_arg,
+    import_tensorflow_while_the_server_starts,
+    section_with_flags,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -68,6 +74,8 @@ def check(args: argparse.Namespace):
 
 def run(args: argparse.Namespace, s) -> int:
     from flows.stages import sample_flow
+
+    import_tensorflow_while_the_server_starts()
 
     out = sample_flow(args.model, s.num_samples, s.seed, s.draws, s.manifold_size, args.data_root)
     where = (

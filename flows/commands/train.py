@@ -9,6 +9,7 @@ from flows.commands.common import (
     HelpFormatter,
     config_args,
     data_root_arg,
+    import_tensorflow_while_the_server_starts,
     pipeline_config,
     settings_epilog,
 )
@@ -58,6 +59,8 @@ def check(args: argparse.Namespace):
 
 def run(args: argparse.Namespace, checked) -> int:
     from flows.stages import train_flow
+
+    import_tensorflow_while_the_server_starts()
 
     config, root = checked
     out = train_flow(args.dataset, config, root, args.version, force=args.force)
