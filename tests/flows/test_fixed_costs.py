@@ -163,10 +163,12 @@ def test_the_temporary_server_starts_in_the_background_and_the_first_client_wait
         assert out["health"] and out["waited"]
 
 
-# `entry` with a stand-in `main`: a library's atexit handler registered during the command (as
-# MLflow's and Prefect's are, on import) and an object whose finaliser runs only at teardown.
+# `entry` with a stand-in `main`: an atexit handler registered at start-up (as a sitecustomize or
+# coverage registers one) and one during the command (as MLflow's and Prefect's are, on import), an
+# idle thread pool nobody shut down, and an object whose finaliser runs only at teardown.
 EXIT_PROBE = """
-import atexit, sys
+import atexit, concurrent.futures, sys
+atexit.register(lambda: print("start-up atexit ran", flush=True))
 from flows import cli
 
 class Finalised:
@@ -177,6 +179,7 @@ cli.KEEP = Finalised()  # a module global: collected only by the interpreter's t
 
 def main():
     atexit.register(lambda: print("library atexit ran", flush=True))
+    concurrent.futures.ThreadPoolExecutor(2).submit(print, "pool ran", flush=True)
     print("unflushed output", end="")  # stdout is a pipe: block-buffered until the flush
     if sys.argv[1] == "raise":
         raise RuntimeError("internal error")
@@ -196,10 +199,13 @@ def test_entry_skips_the_teardown_after_the_atexit_handlers_and_keeps_the_exit_c
         text=True,
         timeout=120,
     )
-    assert "unflushed output" in proc.stdout and "library atexit ran" in proc.stdout
+    out = proc.stdout
+    assert "unflushed output" in out and "pool ran" in out, (out, proc.stderr)
+    # Newest handler first, as Python's own exit runs them.
+    assert out.index("library atexit ran") < out.index("start-up atexit ran"), out
     if how == "raise":  # main never returned: Python's own exit (traceback, code 1, teardown)
         assert proc.returncode == 1 and "RuntimeError: internal error" in proc.stderr
-        assert "teardown ran" in proc.stdout
+        assert "teardown ran" in out
     else:
         assert proc.returncode == int(how), proc.stderr
-        assert "teardown ran" not in proc.stdout, "the interpreter's teardown was not skipped"
+        assert "teardown ran" not in out, "the interpreter's teardown was not skipped"
