@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, checked: None = None) -> int:
     from models.errors import ModelError
-    from tasks import register, tracking
+    from tasks import tracking  # not tasks.register (Prefect) unless a verb needs it
 
     if args.action == "list":
         names = tracking.list_registered_models()
@@ -52,6 +52,8 @@ def run(args: argparse.Namespace, checked: None = None) -> int:
         return 0
     if args.version is None:
         raise ModelError("aevb models promote NAME VERSION: give the VERSION to promote")
+    from tasks import register
+
     previous = register.promote(args.name, args.version, args.alias)
     was = f" (was v{previous.version})" if previous else ""
     print(f"{args.name} v{args.version} is now @{args.alias}{was}")
