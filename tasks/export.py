@@ -174,10 +174,12 @@ def encode_part(
     provenance_json: str,
     batch_size: int,
     seed: list[int],
+    stage_name: str = "export",
 ) -> int:
     """Task body: encode one dataset part file into one latent part file; returns its rows.
 
-    ``seed`` = [seed, split index, part index] keys the z samples and the scores of this part.
+    ``seed`` = [seed, split index, part index] keys the z samples and the scores of this part;
+    ``stage_name`` (export or score) starts its progress lines.
     """
     manifest = datasets.DatasetManifest.from_json(manifest_json, part)
     provenance = json.loads(provenance_json)
@@ -189,7 +191,7 @@ def encode_part(
     rng, noise = np.random.default_rng(seed), np.random.default_rng([*seed, 1])
     rows = 0
     with fs.open_parquet(part) as pf, fs.parquet_writer(out, schema) as writer:
-        label = f"export {manifest.name} {fs.basename(out).removesuffix('.parquet')}"
+        label = f"{stage_name} {manifest.name} {fs.basename(out).removesuffix('.parquet')}"
         progress = ProgressLogger(pf.metadata.num_rows, label, artifact=False)
 
         def decoded():  # on the read-ahead thread: Parquet decode overlaps the encoder
@@ -239,6 +241,7 @@ def _part_calls(
     provenance: dict[str, Any],
     batch_size: int,
     seed: int,
+    stage_name: str,
 ) -> list[tuple[str, dict[str, Any]]]:
     """(output file name, `encode_part` arguments) for every (split, dataset part file)."""
     calls = []
@@ -248,7 +251,7 @@ def _part_calls(
             args = dict(
                 saved_model_dir=saved_model_dir, part=part, split=split,
                 manifest_json=manifest.to_json(), provenance_json=json.dumps(provenance),
-                batch_size=batch_size, seed=[seed, s_index, p_index],
+                batch_size=batch_size, seed=[seed, s_index, p_index], stage_name=stage_name,
             )  # fmt: skip
             calls.append((f"part-{split}-{p_index:05d}.parquet", args))
     return calls
@@ -308,7 +311,7 @@ def export_latents(
         **key,
     }
     calls = _part_calls(
-        root, manifest, splits, resolved.saved_model_dir, provenance, batch_size, seed
+        root, manifest, splits, resolved.saved_model_dir, provenance, batch_size, seed, stage_name
     )
 
     def fill(stage: str) -> dict[str, Any]:

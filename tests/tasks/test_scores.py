@@ -115,18 +115,38 @@ def registered(tmp_path_factory):
         os.environ["AEVB_MLFLOW_DIR"] = old
 
 
+PROGRESS: list[str] = []  # the log lines `scored` produced
+
+
 @pytest.fixture(scope="module")
 def scored(registered):
+    import logging
+
     from tasks.export import score_dataset
 
-    return score_dataset(
-        registered["uri"],
-        "digits-batch",
-        registered["root"],
-        splits=(C.TEST,),
-        log_px_samples=500,
-        batch_size=64,
-    )
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            PROGRESS.append(record.getMessage())
+
+    keep, log = Keep(), logging.getLogger("prefect.aevb")
+    log.addHandler(keep)
+    try:
+        return score_dataset(
+            registered["uri"],
+            "digits-batch",
+            registered["root"],
+            splits=(C.TEST,),
+            log_px_samples=500,
+            batch_size=64,
+        )
+    finally:
+        log.removeHandler(keep)
+
+
+def test_progress_lines_name_the_score_stage(scored):
+    parts = [m for m in PROGRESS if " part-test-00000: " in m]
+    assert parts, PROGRESS
+    assert all(m.startswith("score digits-batch part-test-00000: ") for m in parts), parts
 
 
 def test_planted_rows_rank_at_the_bottom_by_elbo_and_by_log_px(scored):
