@@ -116,6 +116,7 @@ def registered(tmp_path_factory):
 
 
 PROGRESS: list[str] = []  # the log lines `scored` produced
+SCORING = {"splits": (C.TEST,), "log_px_samples": 500, "batch_size": 64}  # what `scored` ran
 
 
 @pytest.fixture(scope="module")
@@ -131,14 +132,7 @@ def scored(registered):
     keep, log = Keep(), logging.getLogger("prefect.aevb")
     log.addHandler(keep)
     try:
-        return score_dataset(
-            registered["uri"],
-            "digits-batch",
-            registered["root"],
-            splits=(C.TEST,),
-            log_px_samples=500,
-            batch_size=64,
-        )
+        return score_dataset(registered["uri"], "digits-batch", registered["root"], **SCORING)
     finally:
         log.removeHandler(keep)
 
@@ -224,14 +218,7 @@ def test_scores_are_reproducible_and_a_different_setting_replaces_the_table(regi
     from tasks.export import score_dataset
 
     before = _read(scored.path)
-    again = score_dataset(
-        registered["uri"],
-        "digits-batch",
-        registered["root"],
-        splits=(C.TEST,),
-        log_px_samples=500,
-        batch_size=64,
-    )
+    again = score_dataset(registered["uri"], "digits-batch", registered["root"], **SCORING)
     assert not again.created
     rebatched = score_dataset(
         registered["uri"],
