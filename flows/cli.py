@@ -292,9 +292,13 @@ def run_verb(args: argparse.Namespace) -> int:
         if runs_flows:  # before the checks import Prefect, which makes only the last folder
             make_prefect_home()
         checked = check(args) if check is not None else None
-        with serving(runs_flows):
+        with serving(runs_flows) as server:
             if runs_flows:
                 quiet_user_error_tracebacks()
+            if server is not None and getattr(args, "needs_tensorflow", False):
+                # The verb's flow always needs TensorFlow (+ TFP, ~5 s): import it while the
+                # temporary server is still starting on the other core, not after waiting for it.
+                import models.vae  # noqa: F401
             return int(func(args, checked) or 0)
     finally:
         if "tasks.model_cache" in sys.modules:

@@ -91,7 +91,6 @@ class TemporaryServer:
         """Spawn the server on a free loopback port (no waiting); returns its API URL."""
         if self.proc is not None:
             return self.url
-        make_prefect_home()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
@@ -176,9 +175,9 @@ class TemporaryServer:
 
 
 def make_prefect_home() -> None:
-    """Create PREFECT_HOME with its parents: Prefect makes only the last folder, so a new
-    `PREFECT_HOME=/new/place/prefect` warned at import and the temporary server exited with
-    code 3."""
+    """Create PREFECT_HOME with its parents (the CLI, before anything imports Prefect): Prefect
+    makes only the last folder, so a new `PREFECT_HOME=/new/place/prefect` warned at import and
+    the temporary server exited with code 3."""
     home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
     try:
         home.mkdir(parents=True, exist_ok=True)
@@ -219,13 +218,6 @@ class _Pending:
     server: TemporaryServer | None = None
     error: PipelineError | None = None
     lock = threading.Lock()
-
-
-def server_starting() -> bool:
-    """True while a server `serving()` started has not been waited for yet (its first client
-    has not come): work done now overlaps its start instead of following it."""
-    with _Pending.lock:
-        return _Pending.server is not None and _Pending.error is None
 
 
 def ensure_api_ready() -> None:

@@ -120,13 +120,3 @@ def section_with_flags(args: argparse.Namespace, section: str, flags: dict[str, 
                 flag = "--" + key.replace("_", "-")
                 raise ConfigError(flag + message[len(section) + 1 + len(key) :]) from exc
         raise
-
-
-def import_tensorflow_while_the_server_starts() -> None:
-    """For verbs whose flow always needs TensorFlow: import it (and TFP, ~5 s) now, while
-    Prefect's temporary server is still starting on the other core, rather than wait for the
-    server first and import afterwards. Does nothing when no temporary server is starting."""
-    from flows import prefect_api
-
-    if prefect_api.server_starting():
-        import models.vae  # noqa: F401  (TensorFlow + TFP)

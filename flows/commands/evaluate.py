@@ -13,11 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from flows.commands.common import (
-    HelpFormatter,
-    data_root_arg,
-    import_tensorflow_while_the_server_starts,
-)
+from flows.commands.common import HelpFormatter, data_root_arg
 from models import constants as C
 from models.errors import ConfigError
 
@@ -85,7 +81,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--burnin", type=int, default=None, help="hmc: adapted burn-in steps (default 500)"
     )
     data_root_arg(p)
-    p.set_defaults(func=run, check=check, runs_flows=True)
+    p.set_defaults(func=run, check=check, runs_flows=True, needs_tensorflow=True)
 
 
 def estimator_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -164,8 +160,6 @@ def check_hmc_latents(uri: str, run_id: str | None) -> None:
 
 def run(args: argparse.Namespace, options: dict[str, Any]) -> int:
     from flows.stages import evaluate_flow
-
-    import_tensorflow_while_the_server_starts()
     from tasks.tracking import resolve_model
 
     resolved = resolve_model(args.model)

@@ -14,12 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from flows.commands.common import (
-    HelpFormatter,
-    data_root_arg,
-    finite_float,
-    import_tensorflow_while_the_server_starts,
-)
+from flows.commands.common import HelpFormatter, data_root_arg, finite_float
 from flows.commands.corrupt import KINDS
 from models import constants as C
 from models.errors import ConfigError, DatasetError, ModelError
@@ -92,7 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="do not log PSNR/MSE and the picture to the model's MLflow run",
     )
     data_root_arg(p)
-    p.set_defaults(func=run, check=check, runs_flows=True)
+    p.set_defaults(func=run, check=check, runs_flows=True, needs_tensorflow=True)
 
 
 def check_model(uri: str) -> None:
@@ -161,8 +156,6 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, checked: dict[str, Any]) -> int:
     from flows.stages import decode_latents_flow, restore_flow
-
-    import_tensorflow_while_the_server_starts()
 
     if args.from_latents is not None:
         out = decode_latents_flow(args.model, args.from_latents, args.data_root, args.batch_size)

@@ -9,13 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.commands.common import (
-    HelpFormatter,
-    config_args,
-    data_root_arg,
-    import_tensorflow_while_the_server_starts,
-    section_with_flags,
-)
+from flows.commands.common import HelpFormatter, config_args, data_root_arg, section_with_flags
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     data_root_arg(p)
     config_args(p)
-    p.set_defaults(func=run, check=check, runs_flows=True)
+    p.set_defaults(func=run, check=check, runs_flows=True, needs_tensorflow=True)
 
 
 def check(args: argparse.Namespace):
@@ -74,8 +68,6 @@ def check(args: argparse.Namespace):
 
 def run(args: argparse.Namespace, s) -> int:
     from flows.stages import sample_flow
-
-    import_tensorflow_while_the_server_starts()
 
     out = sample_flow(args.model, s.num_samples, s.seed, s.draws, s.manifold_size, args.data_root)
     where = (

@@ -9,7 +9,6 @@ from flows.commands.common import (
     HelpFormatter,
     config_args,
     data_root_arg,
-    import_tensorflow_while_the_server_starts,
     pipeline_config,
     settings_epilog,
 )
@@ -32,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     data_root_arg(p)
     config_args(p)
-    p.set_defaults(func=run, check=check, runs_flows=True)
+    p.set_defaults(func=run, check=check, runs_flows=True, needs_tensorflow=True)
 
 
 def check(args: argparse.Namespace):
@@ -59,8 +58,6 @@ def check(args: argparse.Namespace):
 
 def run(args: argparse.Namespace, checked) -> int:
     from flows.stages import train_flow
-
-    import_tensorflow_while_the_server_starts()
 
     config, root = checked
     out = train_flow(args.dataset, config, root, args.version, force=args.force)
