@@ -165,6 +165,7 @@ def export_step(config, ingested, model_name, root) -> tuple[str, int, bool, str
         config.export.batch_size,
         part_task=_stage(config)(encode_part_task),
         log_px_samples=config.export.log_px_samples,
+        elbo=config.export.elbo,
     )
     get_run_logger().info("[5/5] export: %s (%d rows)", exported.path, exported.rows)
     return exported.path, exported.rows, exported.created, ""

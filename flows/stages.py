@@ -124,6 +124,7 @@ def export_flow(
     samples: int = 0,
     seed: int = 0,
     log_px_samples: int = 0,
+    elbo: bool = True,
 ) -> ExportOutput:
     return export_task(
         model_uri,
@@ -135,6 +136,7 @@ def export_flow(
         samples,
         seed,
         log_px_samples=log_px_samples,
+        elbo=elbo,
     )
 
 

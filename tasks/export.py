@@ -9,12 +9,13 @@ One output part per dataset part file (`NNNNN` is the input part's index), writt
 byte-identical. Columns and codecs: tasks/store/tables.py; with ``samples=K > 0`` a `z_samples`
 column holds K draws z ~ q(z|x) per row, seeded by (seed, split, part) so they do not depend on
 the batch size or the runner. Publication is atomic (tasks/store/publish.py) and idempotent: the
-same model version, dataset version, splits, samples, seed and log_px_samples again is a no-op.
-Memory: one batch.
+same model version, dataset version, splits, samples, seed, elbo and log_px_samples again is a
+no-op. Memory: one batch.
 
 Anomaly scores, per row (`score_rows`): `elbo`, estimator B with L = 1 (analytic KL, one draw of
-z whose noise is seeded by (seed, split, part), so it does not depend on the batch size either),
-and with ``log_px_samples=K > 0`` `log_px`, the importance-sampled log p(x) of models/marginal.py
+z whose noise is seeded by (seed, split, part), so it does not depend on the batch size either;
+``elbo=False`` leaves it out: a table of codes only, which skips the decoder pass that costs as
+much as the encoder at the paper architecture), and with ``log_px_samples=K > 0`` `log_px`, the importance-sampled log p(x) of models/marginal.py
 with K samples (seeded by (seed, split, part, batch index)). Low values = rows the model finds
 unlikely. `score_dataset` (`aevb score`) writes the same table for any dataset version under
 `<root>/scores/<dataset>/<registered-name>/v<model-version>/<dataset-version>/`.
@@ -23,9 +24,7 @@ unlikely. `score_dataset` (`aevb score`) writes the same table for any dataset v
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +36,7 @@ from prefect.futures import wait
 from models import constants as C
 from models.errors import ConfigError, DatasetError
 from tasks import scoring, tracking
+from tasks.compiled import Scorer, make_encoder, make_scorer
 from tasks.logs import ProgressLogger, logger
 from tasks.store import datasets, fs, publish, readers, tables
 
@@ -48,11 +48,10 @@ KEY_FIELDS = (
     "sample_seed",
     "log_px_samples",
     "schema_version",
+    "elbo",
 )
-
-_ENCODERS: dict[str, Callable] = {}
-_SCORERS: dict[str, Scorer] = {}
-_ENCODERS_LOCK = threading.Lock()
+# What a manifest written before a key existed held: every such table had the elbo column.
+KEY_DEFAULTS: dict[str, Any] = {"elbo": True}
 
 
 @dataclass(frozen=True)
@@ -65,76 +64,6 @@ class ExportOutput:
     created: bool
 
 
-def make_encoder(saved_model_dir: str) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """x float32 [B, D] -> (z_mean, z_std) numpy: the saved VAE's encoder, compiled once per
-    model folder and process (tasks on the same worker reuse it)."""
-    with _ENCODERS_LOCK:
-        if saved_model_dir not in _ENCODERS:
-            import tensorflow as tf
-
-            from models.saved import load_vae
-
-            vae = load_vae(saved_model_dir)
-            fn = tf.function(
-                vae.posterior_params, jit_compile=True, reduce_retracing=True, autograph=False
-            )
-
-            def encode(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                mean, std = fn(tf.constant(x, tf.float32))
-                return mean.numpy(), std.numpy()
-
-            _ENCODERS[saved_model_dir] = encode
-        return _ENCODERS[saved_model_dir]
-
-
-class Scorer:
-    """The saved VAE's per-row scores, compiled once per model folder and process."""
-
-    def __init__(self, saved_model_dir: str):
-        import tensorflow as tf
-
-        self.saved_model_dir = saved_model_dir
-        from models.marginal import DatasetEvaluator, elbo_from_noise
-        from models.saved import load_vae
-
-        vae = load_vae(saved_model_dir)
-        self._tf, self.vae = tf, vae
-
-        def elbo(x, mean, std, eps):
-            return elbo_from_noise(vae, x, mean, std, eps)
-
-        self._elbo = tf.function(elbo, jit_compile=True, reduce_retracing=True, autograph=False)
-        self._evaluator = DatasetEvaluator(vae)
-
-    def elbo(self, x: np.ndarray, mean: np.ndarray, std: np.ndarray, eps: np.ndarray) -> np.ndarray:
-        tf = self._tf
-        args = (tf.constant(a, tf.float32) for a in (x, mean, std, eps))
-        return self._elbo(*args).numpy().astype(np.float64)
-
-    def log_px(self, x: np.ndarray, num_samples: int, seed: list[int]) -> np.ndarray:
-        from models.marginal import TARGET_CHUNK_ROWS
-
-        tf = self._tf
-        key = tf.constant([seed[0], 0], tf.int32)
-        for part in seed[1:]:
-            key = tf.random.experimental.stateless_fold_in(key, part)
-        # Pad to a power of two rows: a part's last, shorter batch then reuses a compiled step
-        # instead of tracing and compiling one per row count.
-        rows = len(x)
-        padded = np.zeros((1 << max(rows - 1, 0).bit_length(), x.shape[1]), np.float32)
-        padded[:rows] = x
-        chunk = max(1, min(num_samples, TARGET_CHUNK_ROWS // len(padded)))
-        out = self._evaluator.evaluate_batch(tf.constant(padded), num_samples, key, chunk)
-        return out["log_marginal"][:rows].astype(np.float64)
-
-
-def make_scorer(saved_model_dir: str) -> Scorer:
-    with _ENCODERS_LOCK:
-        if saved_model_dir not in _SCORERS:
-            _SCORERS[saved_model_dir] = Scorer(saved_model_dir)
-        return _SCORERS[saved_model_dir]
-
-
 def score_rows(
     scorer: Scorer,
     x: np.ndarray,
@@ -143,16 +72,22 @@ def score_rows(
     noise: np.random.Generator,
     log_px_samples: int,
     seed: list[int],
+    elbo: bool = True,
 ) -> dict[str, np.ndarray]:
-    """The score columns of one batch (`tables.score_columns`): elbo, and log_px when K > 0."""
-    eps = noise.standard_normal((1, *z_mean.shape), np.float32)
-    scores = {tables.ELBO_COLUMN: scorer.elbo(x, z_mean, z_std, eps)}
+    """The score columns of one batch (`tables.score_columns`): elbo (when ``elbo``), and log_px
+    when K > 0."""
+    scores = {}
+    if elbo:
+        eps = noise.standard_normal((1, *z_mean.shape), np.float32)
+        scores[tables.ELBO_COLUMN] = scorer.elbo(x, z_mean, z_std, eps)
     if log_px_samples:
         scores[tables.LOG_PX_COLUMN] = scorer.log_px(x, log_px_samples, seed)
     return scores
 
 
-def discrete_scores(scorer: Scorer, x, codes, manifest, noise, log_px_samples: int, seed: list):
+def discrete_scores(
+    scorer: Scorer, x, codes, manifest, noise, log_px_samples: int, seed: list, elbo: bool = True
+):
     """`score_rows` on x as the model sees it (dequantized / binarized with a fixed seed, like
     evaluate; ``codes``: (z_mean, z_std) of x), as numbers about the stored data (models/discrete)."""
     from models.discrete import transform_rows
@@ -161,7 +96,7 @@ def discrete_scores(scorer: Scorer, x, codes, manifest, noise, log_px_samples: i
     if transform.kind != "none":
         x = transform_rows(transform, x, *seed)
         codes = make_encoder(scorer.saved_model_dir)(x)
-    scores = score_rows(scorer, x, *codes, noise, log_px_samples, seed)
+    scores = score_rows(scorer, x, *codes, noise, log_px_samples, seed, elbo)
     return {k: v + transform.offset(manifest.input_dim) for k, v in scores.items()}
 
 
@@ -184,10 +119,11 @@ def encode_part(
     manifest = datasets.DatasetManifest.from_json(manifest_json, part)
     provenance = json.loads(provenance_json)
     latent_dim, samples = provenance["latent_dim"], provenance["samples"]
-    log_px_samples = provenance.get("log_px_samples", 0)
-    scores = tables.score_columns(log_px_samples)
+    log_px_samples, elbo = provenance.get("log_px_samples", 0), provenance.get("elbo", True)
+    scores = tables.score_columns(log_px_samples, elbo)
     schema = tables.latent_schema(latent_dim, samples, provenance, scores)
-    encode, scorer = make_encoder(saved_model_dir), make_scorer(saved_model_dir)
+    encode = make_encoder(saved_model_dir)
+    scorer = make_scorer(saved_model_dir) if scores else None  # codes only: no decoder at all
     rng, noise = np.random.default_rng(seed), np.random.default_rng([*seed, 1])
     rows = 0
     with fs.open_parquet(part) as pf, fs.parquet_writer(out, schema) as writer:
@@ -206,7 +142,11 @@ def encode_part(
                 eps = rng.standard_normal((len(x), samples, latent_dim), np.float32)
                 z = z_mean[:, None, :] + z_std[:, None, :] * eps
             codes, key = (z_mean, z_std), [*seed, b]
-            row_scores = discrete_scores(scorer, x, codes, manifest, noise, log_px_samples, key)
+            row_scores = (
+                discrete_scores(scorer, x, codes, manifest, noise, log_px_samples, key, elbo)
+                if scorer is not None
+                else {}
+            )
             ids, labels = rb.column(C.COL_ID), rb.column(C.COL_LABEL)
             batch = tables.latent_batch(schema, ids, split, labels, z_mean, z_std, z, row_scores)
             writer.write_table(batch)
@@ -220,7 +160,11 @@ encode_part_task = task(encode_part, name="export-part", cache_policy=NO_CACHE)
 
 
 def check_export_args(
-    splits: tuple[str, ...], batch_size: int, samples: int, log_px_samples: int = 0
+    splits: tuple[str, ...],
+    batch_size: int,
+    samples: int,
+    log_px_samples: int = 0,
+    elbo: bool = True,
 ) -> None:
     for split in splits:
         readers.check_split(split)
@@ -231,6 +175,8 @@ def check_export_args(
     for name, value in (("samples", samples), ("log_px_samples", log_px_samples)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{name}={value!r} must be an integer >= 0 (0: off)")
+    if not isinstance(elbo, bool):
+        raise ConfigError(f"elbo={elbo!r} must be true or false")
 
 
 def _part_calls(
@@ -269,15 +215,19 @@ def export_latents(
     part_task: Task | None = None,
     log_px_samples: int = 0,
     scores_table: bool = False,
+    elbo: bool = True,
 ) -> ExportOutput:
     """Encode every row of ``splits`` with the registry model and publish the latent table.
 
     ``part_task``: a Prefect task of `encode_part` to submit once per part (call inside a flow);
     None runs the parts inline. ``log_px_samples=K > 0`` adds the `log_px` column (IS with K
-    samples). ``scores_table``: publish under scores/ per dataset version (`score_dataset`).
+    samples); ``elbo=False`` leaves out the `elbo` column (codes only: no decoder pass).
+    ``scores_table``: publish under scores/ per dataset version (`score_dataset`).
     """
     splits = tuple(splits)
-    check_export_args(splits, batch_size, samples, log_px_samples)
+    check_export_args(splits, batch_size, samples, log_px_samples, elbo)
+    if scores_table and not elbo:
+        raise ConfigError("a score table always has the elbo column; use export for codes only")
     root = datasets.resolve_data_root(data_root)
     manifest = datasets.load_manifest(root, dataset, version)
     resolved = tracking.resolve_model(model_uri)
@@ -292,10 +242,11 @@ def export_latents(
         "sample_seed": seed,  # the z samples and the scores' noise
         "log_px_samples": log_px_samples,
         "schema_version": tables.LATENT_SCHEMA_VERSION,
+        "elbo": elbo,
     }
     publish.sweep(final)  # a stranded previous table back; stages of killed exports gone
     existing = tables.read_manifest(final)
-    if existing and {k: existing.get(k) for k in KEY_FIELDS} == key:
+    if existing and {k: existing.get(k, KEY_DEFAULTS.get(k)) for k in KEY_FIELDS} == key:
         logger().info("%s: %s already holds this model and dataset version", stage_name, final)
         rows = int(existing["rows"])
         return ExportOutput(final, rows, model_uri, resolved.version, manifest.version, False)
@@ -321,7 +272,7 @@ def export_latents(
             futures = [part_task.submit(out=fs.join(stage, name), **c) for name, c in calls]
             wait(futures)
             counts = [f.result() for f in futures]
-        scores = tables.score_columns(log_px_samples)
+        scores = tables.score_columns(log_px_samples, elbo)
         columns = tables.latent_schema(provenance["latent_dim"], samples, scores=scores).names
         return {**provenance, "rows": sum(counts), "columns": columns}
 

@@ -9,8 +9,9 @@
   binary column one value per row: several times cheaper to write and read, half the file size.
   float32 keeps its list type: the gain is smaller and SQL engines see floats, not bytes;
 - latent tables (export) and score tables (`aevb score`): `id`, `split`, `label`, `z_mean_0..k-1`,
-  `z_std_0..k-1` (float32, wide), the per-row scores `elbo` and optionally `log_px` (float64), and
-  optionally `z_samples` (K draws per row, a fixed-size list of K fixed-size lists of k);
+  `z_std_0..k-1` (float32, wide), the per-row scores `elbo` (unless export.elbo = false: codes
+  only) and optionally `log_px` (float64), and optionally `z_samples` (K draws per row, a
+  fixed-size list of K fixed-size lists of k);
 - restored tables (restore): `id`, `split`, `label`, `x` (D float32, model space).
 
 Every table is a folder of Parquet files only, with its manifest beside it
@@ -149,9 +150,10 @@ def score_table_path(
     return fs.join(root, "scores", dataset, model_name, f"v{model_version}", dataset_version)
 
 
-def score_columns(log_px_samples: int) -> tuple[str, ...]:
-    """The anomaly-score columns of a latent table: `elbo`, plus `log_px` when K > 0."""
-    return (ELBO_COLUMN, LOG_PX_COLUMN) if log_px_samples else (ELBO_COLUMN,)
+def score_columns(log_px_samples: int, elbo: bool = True) -> tuple[str, ...]:
+    """The anomaly-score columns of a latent table: `elbo` (unless ``elbo`` is false: a table of
+    codes only, export.elbo), plus `log_px` when K > 0."""
+    return ((ELBO_COLUMN,) if elbo else ()) + ((LOG_PX_COLUMN,) if log_px_samples else ())
 
 
 def latent_schema(

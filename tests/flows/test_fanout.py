@@ -368,11 +368,11 @@ def test_real_dask_cluster_ingest_and_export_are_identical(
         import os as _os
         import sys as _sys
 
-        export = _sys.modules.get("tasks.export")
+        compiled = _sys.modules.get("tasks.compiled")
         return {
             "pid": _os.getpid(),
             "read_csv": "tasks.sources.tabular" in _sys.modules,
-            "encoders": len(export._ENCODERS) if export else 0,
+            "encoders": len(compiled._ENCODERS) if compiled else 0,
         }
 
     (state,) = client.run(worker_state).values()

@@ -124,3 +124,9 @@ def test_conv_with_full_vb_is_refused(capsys, data_root):
         ],
     )
     assert "train.theta='full_vb' supports model.architecture='mlp' only" in line
+
+
+def test_a_bad_export_elbo_setting_is_refused_in_one_line(capsys, data_root):
+    line = _one_line_error(capsys, ["pipeline", "--data-root", data_root, "export.elbo=3"])
+    assert line == "aevb pipeline: error: export.elbo=3 must be true or false"
+    assert os.listdir(data_root) == []

@@ -258,6 +258,44 @@ def test_export_writes_elbo_always_and_log_px_when_asked(registered):
     assert manifest["log_px_samples"] == 20 and manifest["schema_version"] == 2
 
 
+def test_export_without_elbo_writes_the_same_codes_and_log_px_and_nothing_else(registered):
+    """export.elbo = false: a table of codes only (no decoder pass); the codes, and log_px when
+    asked, are those of the table with elbo, to the bit; the setting is part of the table key."""
+    from tasks.export import export_latents
+
+    root, uri = registered["root"], registered["uri"]
+    with_both = export_latents(uri, "digits", root, splits=(C.TEST,), log_px_samples=20)
+    full = _read(with_both.path)
+    codes = export_latents(uri, "digits", root, splits=(C.TEST,), elbo=False)
+    df = _read(codes.path)
+    z_cols = [f"{p}{i}" for p in (C.Z_MEAN_PREFIX, C.Z_STD_PREFIX) for i in range(LATENT_DIM)]
+    assert codes.created and codes.path == with_both.path
+    assert list(df.columns) == [C.COL_ID, C.COL_SPLIT, C.COL_LABEL, *z_cols]
+    assert list(df[C.COL_ID]) == list(full[C.COL_ID])
+    np.testing.assert_array_equal(df[z_cols].to_numpy(), full[z_cols].to_numpy())
+    manifest = json.loads(Path(f"{codes.path}.manifest.json").read_text())
+    assert manifest["elbo"] is False and manifest["columns"] == list(df.columns)
+    assert not export_latents(uri, "digits", root, splits=(C.TEST,), elbo=False).created
+    px_only = export_latents(uri, "digits", root, splits=(C.TEST,), log_px_samples=20, elbo=False)
+    got = _read(px_only.path)
+    assert px_only.created and "elbo" not in got.columns
+    np.testing.assert_array_equal(got["log_px"].to_numpy(), full["log_px"].to_numpy())
+
+
+def test_a_table_written_before_the_elbo_setting_is_still_up_to_date(registered):
+    """Manifests of earlier releases have no "elbo" key; all of them had the column."""
+    from tasks.export import export_latents
+
+    root, uri = registered["root"], registered["uri"]
+    first = export_latents(uri, "digits", root, splits=(C.TEST,))
+    manifest_file = Path(f"{first.path}.manifest.json")
+    doc = json.loads(manifest_file.read_text())
+    del doc["elbo"]
+    manifest_file.write_text(json.dumps(doc))
+    assert not export_latents(uri, "digits", root, splits=(C.TEST,)).created
+    assert export_latents(uri, "digits", root, splits=(C.TEST,), elbo=False).created
+
+
 def test_bad_inputs_are_refused_in_one_line_with_nothing_written(registered, tmp_path):
     from models.errors import ConfigError, DatasetError
     from tasks.export import export_latents, score_dataset
@@ -268,6 +306,8 @@ def test_bad_inputs_are_refused_in_one_line_with_nothing_written(registered, tmp
         score_dataset(registered["uri"], "digits-batch", root, log_px_samples=-1)
     with pytest.raises(ConfigError, match=r"^log_px_samples=True must be an integer"):
         export_latents(registered["uri"], "digits", root, log_px_samples=True)
+    with pytest.raises(ConfigError, match=r"^elbo='no' must be true or false"):
+        export_latents(registered["uri"], "digits", root, elbo="no")
     write_dataset(root, "other-shape", feature_shape=(4, 4))
     with pytest.raises(
         DatasetError,
@@ -305,3 +345,18 @@ def test_the_score_verb_writes_the_table_for_a_dataset_version(prefect_harness, 
     assert out.getvalue().startswith(f"score table: {path} (180 rows; elbo, log_px)")
     df = _read(str(path))
     assert set(df[C.COL_SPLIT]) == {C.VALID} and df["log_px"].notna().all()
+
+
+def test_the_export_verb_without_elbo_writes_codes_only(prefect_harness, registered):
+    from flows.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["export", "--model", registered["uri"], "--dataset", "digits", "--splits", "valid",
+            "--no-elbo", "--data-root", registered["root"]]  # fmt: skip
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main(argv) == 0
+    path = Path(registered["root"], "latents", "digits", "aevb-digits", "v1")
+    assert out.getvalue().startswith(f"latent table: {path} (180 rows)")
+    df = _read(str(path))
+    assert set(df[C.COL_SPLIT]) == {C.VALID} and len(df) == 180
+    assert not {"elbo", "log_px"} & set(df.columns) and "z_std_0" in df.columns
