@@ -15,8 +15,9 @@ no-op. Memory: one batch.
 Anomaly scores, per row (`score_rows`): `elbo`, estimator B with L = 1 (analytic KL, one draw of
 z whose noise is seeded by (seed, split, part), so it does not depend on the batch size either;
 ``elbo=False`` leaves it out: a table of codes only, which skips the decoder pass that costs as
-much as the encoder at the paper architecture), and with ``log_px_samples=K > 0`` `log_px`, the importance-sampled log p(x) of models/marginal.py
-with K samples (seeded by (seed, split, part, batch index)). Low values = rows the model finds
+much as the encoder at the paper architecture), and with ``log_px_samples=K > 0`` `log_px`, the
+importance-sampled log p(x) of models/marginal.py with K samples (seeded by (seed, split, part,
+batch index)). Low values = rows the model finds
 unlikely. `score_dataset` (`aevb score`) writes the same table for any dataset version under
 `<root>/scores/<dataset>/<registered-name>/v<model-version>/<dataset-version>/`.
 """
