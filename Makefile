@@ -37,11 +37,17 @@ wheel: $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/aevb pipeline digits $(ARGS)
 
+# The suite on PYTEST_WORKERS processes (pytest-xdist), each test file whole on one worker so its
+# module fixtures are built once; each worker has its own temp stores, Prefect home and harness.
+# PYTEST_WORKERS=0 runs it in this process, one test at a time; =auto, one worker per core.
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadfile --durations=20
+
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow" $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,6 +1,8 @@
 """Session-wide test setup: offline env vars before any heavy import, temp stores, shared harnesses.
 
-TensorFlow (~5 s) and the Prefect test harness (~15 s) are paid once per session.
+TensorFlow (~5 s) and the Prefect test harness (~15 s) are paid once per session. Under
+pytest-xdist (`make test` runs 2 workers) each worker is its own session with its own temp stores,
+Prefect home and harness, so workers share nothing but the machine.
 """
 
 from __future__ import annotations
